@@ -1,0 +1,1 @@
+"""Tollgate: an OpenAI-compatible LLM gateway that meters and bills every request."""

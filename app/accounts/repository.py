@@ -1,0 +1,64 @@
+"""All SQL for accounts and keys."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import Account, ApiKey
+
+
+async def insert_account(session: AsyncSession, *, name: str, email: str | None) -> Account:
+    account = Account(id=uuid.uuid4(), name=name, email=email)
+    session.add(account)
+    await session.flush()
+    await session.refresh(account)
+    return account
+
+
+async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Account | None:
+    return await session.get(Account, account_id)
+
+
+async def insert_key(
+    session: AsyncSession, *, account_id: uuid.UUID, name: str | None, key_hash: bytes, prefix: str
+) -> ApiKey:
+    key = ApiKey(
+        id=uuid.uuid4(), account_id=account_id, name=name, key_hash=key_hash, prefix=prefix
+    )
+    session.add(key)
+    await session.flush()
+    return key
+
+
+async def list_keys(session: AsyncSession, account_id: uuid.UUID) -> list[ApiKey]:
+    result = await session.scalars(
+        select(ApiKey).where(ApiKey.account_id == account_id).order_by(ApiKey.created_at)
+    )
+    return list(result)
+
+
+async def revoke_key(session: AsyncSession, key_id: uuid.UUID, at: datetime) -> ApiKey | None:
+    """Idempotent: revoking a revoked key keeps its first revocation time."""
+    key = await session.get(ApiKey, key_id, with_for_update=True)
+    if key is not None and key.revoked_at is None:
+        key.revoked_at = at
+        await session.flush()
+    return key
+
+
+async def find_active_key(
+    session: AsyncSession, key_hash: bytes
+) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """(key id, account id) of an unrevoked key with this hash."""
+    row = (
+        await session.execute(
+            select(ApiKey.id, ApiKey.account_id).where(
+                ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)
+            )
+        )
+    ).one_or_none()
+    return (row.id, row.account_id) if row else None

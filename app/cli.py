@@ -1,0 +1,241 @@
+"""The `tollgate` command (SPEC section 2). Human-readable output, JSON with `--json`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings, load_settings
+from app.db import migrate
+from app.db.embedded import start_embedded_postgres
+from app.db.engine import create_engine, create_sessionmaker
+from app.errors import TollgateError
+
+T = TypeVar("T")
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """DATABASE_URL, or the embedded server under TOLLGATE_DATA_DIR (started here, stopped
+    when this process exits)."""
+    if settings.database_url:
+        return settings.database_url
+    return start_embedded_postgres(settings.data_dir)
+
+
+def prepared_database(settings: Settings) -> str:
+    url = resolve_database_url(settings)
+    migrate.upgrade(url)
+    return url
+
+
+def run_in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    url = prepared_database(settings)
+
+    async def main() -> T:
+        engine = create_engine(url, pool_size=1)
+        try:
+            async with create_sessionmaker(engine)() as session, session.begin():
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except TollgateError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+def emit(as_json: bool, payload: dict[str, Any], human: str) -> None:
+    click.echo(json.dumps(payload, indent=2) if as_json else human)
+
+
+def fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Tollgate: an OpenAI-compatible LLM gateway that meters and bills every request."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
+def serve(host: str, port: int, workers: int) -> None:
+    """Apply pending migrations and run the gateway, scheduler and usage writer."""
+    settings = load_settings(TOLLGATE_HOST=host, TOLLGATE_PORT=port)
+    if not settings.admin_token:
+        fail("TOLLGATE_ADMIN_TOKEN is required by `serve` (`demo` generates one).")
+    if not (settings.upstream_base_url or settings.upstreams_file):
+        fail(
+            "No upstream: set UPSTREAM_BASE_URL (and UPSTREAM_API_KEY) or TOLLGATE_UPSTREAMS_FILE."
+        )
+    url = prepared_database(settings)
+    # Workers are separate processes: they find the database (embedded or not) here.
+    os.environ["DATABASE_URL"] = url
+    os.environ["TOLLGATE_HOST"] = host
+    os.environ["TOLLGATE_PORT"] = str(port)
+    from app.server import run_server
+
+    run_server(host=host, port=port, workers=workers)
+
+
+@main.command(name="migrate")
+def migrate_command() -> None:
+    """Apply pending database migrations (`alembic upgrade head`)."""
+    prepared_database(load_settings())
+    click.echo("Database is at the latest migration.")
+
+
+@main.command()
+@click.option("--port", default=8080, show_default=True, type=int)
+def demo(port: int) -> None:
+    """Run everything locally: embedded database, echo upstream, a demo account with credit."""
+    from app.demo import run_demo
+
+    run_demo(port=port)
+
+
+@main.group()
+def accounts() -> None:
+    """Manage customer accounts."""
+
+
+@accounts.command(name="create")
+@click.option("--name", required=True)
+@click.option("--email", default=None)
+@json_option
+def accounts_create(name: str, email: str | None, as_json: bool) -> None:
+    """Create an account."""
+    from app.accounts import service
+    from app.credits.service import account_view
+    from app.credits.tiers import load_tiers
+
+    settings = load_settings()
+    tiers = load_tiers(settings.pricing_dir / "tiers.toml")
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        account = await service.create_account(session, name=name, email=email)
+        return account_view(account, tiers)
+
+    view = run_in_transaction(settings, work)
+    emit(as_json, view, f"Created account {view['id']} ({view['name']}).")
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command(name="create")
+@click.argument("account")
+@click.option("--name", default=None)
+@json_option
+def keys_create(account: str, name: str | None, as_json: bool) -> None:
+    """Create an API key for ACCOUNT (an account id). The key is shown once."""
+    from app.accounts import service
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        key, plaintext = await service.issue_key(session, _account_id(account), name=name)
+        return service.key_view(key, plaintext)
+
+    view = run_in_transaction(load_settings(), work)
+    emit(
+        as_json,
+        view,
+        f"API key {view['id']} for account {view['account_id']}:\n\n  {view['key']}\n\n"
+        "Store it now: it is shown only once.",
+    )
+
+
+@main.group()
+def credits() -> None:
+    """Manage prepaid credit."""
+
+
+@credits.command(name="add")
+@click.argument("account")
+@click.argument("amount")
+@click.option(
+    "--kind", type=click.Choice(["purchase", "grant"]), default="purchase", show_default=True
+)
+@click.option(
+    "--reference", default=None, help="Idempotency key: a repeated reference is not credited twice."
+)
+@json_option
+def credits_add(account: str, amount: str, kind: str, reference: str | None, as_json: bool) -> None:
+    """Add AMOUNT (a decimal string) of credit to ACCOUNT."""
+    from app.credits import service
+    from app.money import parse_money
+
+    try:
+        value = parse_money(amount, field="AMOUNT")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        result = await service.add_credit(
+            session, _account_id(account), amount=value, kind=kind, reference=reference
+        )
+        return {**service.ledger_entry_view(result.entry), "created": result.created}
+
+    view = run_in_transaction(load_settings(), work)
+    verb = "Added" if view["created"] else "Already credited (same reference):"
+    emit(
+        as_json, view, f"{verb} {view['amount']} ({view['kind']}) to account {view['account_id']}."
+    )
+
+
+@main.group()
+def pricing() -> None:
+    """Rate tables."""
+
+
+@pricing.command(name="check")
+@json_option
+def pricing_check(as_json: bool) -> None:
+    """Validate every rate table and the tiers, then print the catalog."""
+    from app.credits.tiers import TierConfigError, load_tiers
+    from app.pricing import PricingConfigError, catalog_as_json, load_catalog, render_catalog_table
+
+    settings = load_settings()
+    try:
+        catalog = load_catalog(settings.pricing_dir)
+        tiers = load_tiers(settings.pricing_dir / "tiers.toml")
+    except (PricingConfigError, TierConfigError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    tier_rows = [
+        {"name": t.name, "min_total": str(t.min_total), "rpm": t.rpm, "tpm": t.tpm}
+        for t in tiers.tiers
+    ]
+    if as_json:
+        emit(True, {**catalog_as_json(catalog), "tiers": tier_rows}, "")
+        return
+    click.echo(render_catalog_table(catalog))
+    click.echo(f"\nTiers (by cumulative {tiers.basis}):")
+    for row in tier_rows:
+        click.echo(f"  {row['name']:<12} from {row['min_total']:>6}  {row['rpm']:>5} RPM  {row['tpm']:>9,} TPM")
+    click.echo(f"\nOK: {settings.pricing_dir}")
+
+
+def _account_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an account id") from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

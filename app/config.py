@@ -1,0 +1,74 @@
+"""Settings from the environment (and `.env`), names exactly as SPEC section 2."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Symlinks in the source tree, copied into the wheel: found relative to the installed package,
+# never the working directory.
+BUNDLED_PRICING_DIR = PACKAGE_DIR / "_bundled" / "pricing"
+BUNDLED_MIGRATIONS_DIR = PACKAGE_DIR / "_bundled" / "migrations"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    data_dir: Path = Field(default=Path(".tollgate"), validation_alias="TOLLGATE_DATA_DIR")
+    admin_token: str | None = Field(default=None, validation_alias="TOLLGATE_ADMIN_TOKEN")
+    pricing_dir: Path = Field(default=BUNDLED_PRICING_DIR, validation_alias="TOLLGATE_PRICING_DIR")
+
+    upstream_base_url: str | None = Field(default=None, validation_alias="UPSTREAM_BASE_URL")
+    upstream_api_key: str | None = Field(default=None, validation_alias="UPSTREAM_API_KEY")
+    upstreams_file: Path | None = Field(default=None, validation_alias="TOLLGATE_UPSTREAMS_FILE")
+    upstream_connect_timeout: float = Field(
+        default=5.0, validation_alias="TOLLGATE_UPSTREAM_CONNECT_TIMEOUT"
+    )
+    upstream_read_timeout: float = Field(
+        default=600.0, validation_alias="TOLLGATE_UPSTREAM_READ_TIMEOUT"
+    )
+
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+
+    stripe_api_key: str | None = Field(default=None, validation_alias="STRIPE_API_KEY")
+    stripe_webhook_secret: str | None = Field(
+        default=None, validation_alias="STRIPE_WEBHOOK_SECRET"
+    )
+    stripe_api_base: str | None = Field(default=None, validation_alias="STRIPE_API_BASE")
+    topup_min: Decimal = Field(default=Decimal("5.00"), validation_alias="TOLLGATE_TOPUP_MIN")
+    topup_max: Decimal = Field(default=Decimal("10000.00"), validation_alias="TOLLGATE_TOPUP_MAX")
+
+    public_url: str | None = Field(default=None, validation_alias="TOLLGATE_PUBLIC_URL")
+    default_max_tokens: int = Field(
+        default=4096, ge=1, validation_alias="TOLLGATE_DEFAULT_MAX_TOKENS"
+    )
+    max_request_bytes: int = Field(
+        default=25 * 1024 * 1024, ge=1024, validation_alias="TOLLGATE_MAX_REQUEST_BYTES"
+    )
+    # How long a revoked key may still authenticate in another process (SPEC: within a second).
+    key_cache_seconds: float = Field(
+        default=1.0, ge=0, le=1.0, validation_alias="TOLLGATE_KEY_CACHE_SECONDS"
+    )
+    # How long a hold outlives its process: the owner renews it every lease/4 seconds.
+    hold_lease_seconds: float = Field(
+        default=60.0, gt=0, validation_alias="TOLLGATE_HOLD_LEASE_SECONDS"
+    )
+    # Settlements per usage commit; 1 turns group commit off (a baseline for benchmarks).
+    writer_max_batch: int = Field(default=1000, ge=1, validation_alias="TOLLGATE_WRITER_MAX_BATCH")
+    host: str = Field(default="127.0.0.1", validation_alias="TOLLGATE_HOST")
+    port: int = Field(default=8080, validation_alias="TOLLGATE_PORT")
+    scheduler_enabled: bool = Field(default=True, validation_alias="TOLLGATE_SCHEDULER")
+
+    @cached_property
+    def resolved_public_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

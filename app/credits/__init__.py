@@ -1,0 +1,1 @@
+"""Prepaid credit: the ledger, balances, holds and tiers."""

@@ -1,0 +1,171 @@
+"""All SQL for the ledger and balances."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from app.db.models import Account, LedgerEntry
+
+# How each kind moves the running totals kept on the account beside the balance.
+_PURCHASE_KINDS = frozenset({"purchase", "refund"})
+
+
+async def append_entry(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    kind: str,
+    amount: Decimal,
+    reference: str,
+    description: str | None = None,
+    details: dict[str, object] | None = None,
+) -> LedgerEntry | None:
+    """Insert one ledger entry and move the account's totals in the same transaction.
+
+    Returns None when an entry with this reference already exists: the unique constraint on
+    (account_id, reference) makes every retried credit a no-op, also under concurrency (a
+    second inserter waits on the index until the first commits, then does nothing)."""
+    entry_id = uuid.uuid4()
+    inserted = await session.scalar(
+        insert(LedgerEntry)
+        .values(
+            account_id=account_id,
+            id=entry_id,
+            kind=kind,
+            amount=amount,
+            reference=reference,
+            description=description,
+            details=details,
+        )
+        .on_conflict_do_nothing(index_elements=["account_id", "reference"])
+        .returning(LedgerEntry.id)
+    )
+    if inserted is None:
+        return None
+    totals: dict[str, object] = {"balance": Account.balance + amount}
+    if kind in _PURCHASE_KINDS:
+        totals["total_purchased"] = Account.total_purchased + amount
+    if kind == "usage":
+        totals["total_usage"] = Account.total_usage - amount
+    await session.execute(update(Account).where(Account.id == account_id).values(**totals))
+    return await session.get(LedgerEntry, (account_id, entry_id))
+
+
+async def find_entry(
+    session: AsyncSession, account_id: uuid.UUID, reference: str
+) -> LedgerEntry | None:
+    return await session.scalar(
+        select(LedgerEntry).where(
+            LedgerEntry.account_id == account_id, LedgerEntry.reference == reference
+        )
+    )
+
+
+HOLD_SQL = text(
+    """
+    WITH reserved AS (
+        UPDATE accounts SET held = held + :amount
+        WHERE id = :account_id AND balance - held >= :amount
+        RETURNING id
+    ), hold AS (
+        INSERT INTO holds (account_id, id, amount, expires_at)
+        SELECT id, :hold_id, :amount, now() + make_interval(secs => :lease) FROM reserved
+        RETURNING id
+    )
+    SELECT a.balance, a.held, a.total_purchased, a.total_usage,
+           EXISTS (SELECT 1 FROM hold) AS granted,
+           -- A hold is a reservation, not money: it need not wait for the WAL flush. Lost in a
+           -- database crash, it vanishes together with its `held` increment.
+           set_config('synchronous_commit', 'off', true) AS async_commit
+    FROM accounts a WHERE a.id = :account_id
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldOutcome:
+    hold_id: uuid.UUID
+    granted: bool
+    available: Decimal  # before this hold
+    total_purchased: Decimal
+    total_usage: Decimal
+
+
+async def place_hold(
+    connection: AsyncConnection,
+    *,
+    account_id: uuid.UUID,
+    hold_id: uuid.UUID,
+    amount: Decimal,
+    lease_seconds: float,
+) -> HoldOutcome | None:
+    """Reserve `amount` if `balance − held` covers it, atomically in one statement: the UPDATE
+    re-checks its condition on the latest row version, so concurrent holds from any number of
+    processes can never reserve more than the balance. None if the account doesn't exist."""
+    row = (
+        await connection.execute(
+            HOLD_SQL,
+            {
+                "account_id": account_id,
+                "hold_id": hold_id,
+                "amount": amount,
+                "lease": lease_seconds,
+            },
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return HoldOutcome(
+        hold_id=hold_id,
+        granted=row.granted,
+        available=row.balance - row.held,
+        total_purchased=row.total_purchased,
+        total_usage=row.total_usage,
+    )
+
+
+RENEW_SQL = text(
+    """
+    UPDATE holds SET expires_at = now() + make_interval(secs => :lease)
+    FROM unnest(CAST(:account_ids AS uuid[]), CAST(:ids AS uuid[])) AS live(account_id, id)
+    WHERE holds.account_id = live.account_id AND holds.id = live.id
+    """
+)
+
+SWEEP_SQL = text(
+    """
+    WITH expired AS (
+        DELETE FROM holds WHERE expires_at < now() RETURNING account_id, amount
+    ), released AS (
+        UPDATE accounts a SET held = a.held - e.total
+        FROM (SELECT account_id, sum(amount) AS total FROM expired GROUP BY account_id) e
+        WHERE a.id = e.account_id
+        RETURNING a.id
+    )
+    SELECT count(*) FROM released
+    """
+)
+
+
+async def renew_holds(
+    connection: AsyncConnection, holds: list[tuple[uuid.UUID, uuid.UUID]], lease_seconds: float
+) -> None:
+    await connection.execute(
+        RENEW_SQL,
+        {
+            "account_ids": [account_id for account_id, _ in holds],
+            "ids": [hold_id for _, hold_id in holds],
+            "lease": lease_seconds,
+        },
+    )
+
+
+async def sweep_expired_holds(connection: AsyncConnection) -> int:
+    """Release holds whose owner stopped renewing them (its process died)."""
+    return int(await connection.scalar(SWEEP_SQL) or 0)

@@ -1,0 +1,1 @@
+"""Database: engine and sessions, the embedded server, typed models, migrations."""

@@ -1,0 +1,375 @@
+"""The request path of a proxied call (ENGINEERING.md):
+
+auth → inspect → price check → credit hold → rate limit → upstream (pooled, streamed) →
+usage capture → pricing → settlement (event + deduction + hold release, one commit) →
+response ends.
+
+Every request that got a hold ends in exactly one settlement, whatever way it ends; a usage
+event is part of it whenever the upstream produced output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import msgspec
+from litestar import Request
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from app.accounts.auth import KeyAuthenticator, Principal
+from app.config import Settings
+from app.credits.holds import HoldKeeper
+from app.credits.tiers import TierTable
+from app.errors import InsufficientQuota, InvalidRequest, UpstreamTimeout, UpstreamUnavailable
+from app.gateway import requests as rq
+from app.gateway.relay import DONE_EVENT, SseInspector
+from app.gateway.upstreams import Router
+from app.gateway.usage import MeteredUsage, estimate_usage, usage_from_body, usage_from_stream
+from app.limits.service import RateLimiter
+from app.metering.schemas import Settlement, UsageEventRecord
+from app.metering.writer import UsageWriter
+from app.middleware import request_id
+from app.money import money_str
+from app.pricing import Catalog, ResolvedModel, charge_to_json, price
+
+logger = logging.getLogger(__name__)
+
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+# Not forwarded upstream: hop-by-hop headers (RFC 9110 §7.6.1), the client's credentials and
+# identity at OpenAI, and what httpx sets itself.
+_DROP_REQUEST_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "authorization",
+        "api-key",
+        "cookie",
+        "accept-encoding",
+        "openai-organization",
+        "openai-project",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "expect",
+    }
+)
+# Not relayed back: hop-by-hop, lengths/encodings the gateway re-frames, the upstream's own
+# identity and rate limits (the client's limits are the gateway's).
+_DROP_RESPONSE_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "set-cookie",
+        "server",
+        "date",
+        "x-request-id",
+        "openai-organization",
+        "openai-project",
+    }
+)
+
+
+@dataclass(slots=True)
+class Call:
+    """One proxied request on its way through the gateway."""
+
+    principal: Principal
+    request: rq.ProxyRequest
+    resolved: ResolvedModel
+    hold_id: uuid.UUID
+    request_id: str
+    reserved_tokens: int = 0
+    limit_headers: dict[str, str] = field(default_factory=dict)
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    settled: bool = False
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        catalog: Catalog,
+        router: Router,
+        client: httpx.AsyncClient,
+        authenticator: KeyAuthenticator,
+        holds: HoldKeeper,
+        limiter: RateLimiter,
+        tiers: TierTable,
+        writer: UsageWriter,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.router = router
+        self.client = client
+        self.authenticator = authenticator
+        self.holds = holds
+        self.limiter = limiter
+        self.tiers = tiers
+        self.writer = writer
+
+    async def handle(self, request: Request[Any, Any, Any], endpoint: str) -> ASGIApp:
+        principal = await self.authenticator.authenticate(request.headers.get("authorization"))
+        raw = await request.body()
+        if endpoint == rq.TRANSCRIPTIONS:
+            proxy_request = await _inspect_multipart(request, len(raw))
+        else:
+            body = rq.parse_json_body(raw)
+            proxy_request = rq.inspect_json(endpoint, body, self.settings.default_max_tokens)
+        # Unpriced models are refused before anything is held or forwarded.
+        resolved = self.catalog.resolve(proxy_request.model, datetime.now(UTC))
+        estimate = estimate_usage(proxy_request)
+        hold_amount = price(resolved, estimate).total
+        account_id = principal.account_id
+        hold = await self.holds.place(account_id, hold_amount)
+        tier = self.tiers.tier_for(hold.total_purchased, hold.total_usage)
+        if not hold.granted:
+            state = await self.limiter.peek(account_id, tier)
+            raise InsufficientQuota(
+                "You exceeded your current quota: this request may cost up to "
+                f"{money_str(hold_amount)} and your available credit is "
+                f"{money_str(hold.available)}. Add credit to continue.",
+                headers=state.headers(),
+            )
+        call = Call(principal, proxy_request, resolved, hold.hold_id, request_id(request.scope))
+        try:
+            tokens = estimate.prompt_tokens + estimate.completion_tokens
+            call.limit_headers = (await self.limiter.admit(account_id, tier, tokens)).headers()
+            call.reserved_tokens = tokens  # corrected to the actual usage at settlement
+            upstream_response = await self._send_upstream(call, request, raw)
+        except BaseException:
+            await self._settle(call, None, "not_forwarded")
+            raise
+        try:
+            return await self._respond(call, upstream_response)
+        except BaseException:
+            if not call.settled:
+                await self._settle(call, None, "gateway_error")
+            raise
+
+    async def _send_upstream(
+        self, call: Call, request: Request[Any, Any, Any], raw: bytes
+    ) -> httpx.Response:
+        resolved = call.resolved
+        upstream, upstream_model = self.router.route(
+            resolved.name, resolved.base, resolved.suffix, call.request.model
+        )
+        content = raw
+        body = call.request.body
+        if body is not None and (upstream_model != call.request.model or call.request.stream):
+            body = dict(body)
+            body["model"] = upstream_model
+            if call.request.stream:
+                # Ask for usage on the client's behalf; hidden again if it did not ask.
+                options = dict(body.get("stream_options") or {})
+                options["include_usage"] = True
+                body["stream_options"] = options
+            content = _encode(body)
+        headers = [
+            (name, value)
+            for name, value in request.headers.items()
+            if name.lower() not in _DROP_REQUEST_HEADERS
+        ]
+        headers.append(("accept-encoding", "identity"))
+        headers.append(("x-request-id", call.request_id))
+        if upstream.api_key:
+            headers.append(("authorization", f"Bearer {upstream.api_key}"))
+        upstream_request = self.client.build_request(
+            "POST",
+            upstream.base_url + call.request.endpoint.removeprefix("/v1"),
+            headers=headers,
+            content=content,
+        )
+        try:
+            return await self.client.send(upstream_request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(
+                f"The upstream for {resolved.name} did not answer in time."
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(
+                f"The upstream for {resolved.name} could not be reached ({type(exc).__name__})."
+            ) from exc
+
+    async def _respond(self, call: Call, response: httpx.Response) -> ASGIApp:
+        call.response_headers = _relayed_headers(response.headers, call.limit_headers)
+        is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
+        if response.status_code < 400 and is_sse:
+            return self._stream_app(call, response)
+        try:
+            body = await response.aread()
+        except httpx.TimeoutException as exc:
+            await self._settle(call, None, "upstream_timeout")
+            raise UpstreamTimeout("The upstream stopped answering mid-response.") from exc
+        except httpx.HTTPError as exc:
+            await self._settle(call, None, "upstream_broken")
+            raise UpstreamUnavailable("The upstream connection broke mid-response.") from exc
+        finally:
+            await response.aclose()
+        if response.status_code >= 400:
+            # Passed through as it came; nothing was produced, nothing is charged.
+            await self._settle(call, None, "upstream_error")
+        else:
+            usage = usage_from_body(call.request, call.resolved, body, response.headers)
+            await self._settle(call, usage, "completed")
+        return _plain_app(response.status_code, call.response_headers, body)
+
+    def _stream_app(self, call: Call, response: httpx.Response) -> ASGIApp:
+        inspector = SseInspector(client_wants_usage=call.request.client_wants_usage)
+        status = response.status_code
+        headers = call.response_headers
+
+        async def pump(send: Send) -> str:
+            try:
+                async for chunk in response.aiter_raw():
+                    forwarded = inspector.feed(chunk)
+                    if forwarded:
+                        await send(
+                            {"type": "http.response.body", "body": forwarded, "more_body": True}
+                        )
+                tail = inspector.flush()
+                if tail:
+                    await send({"type": "http.response.body", "body": tail, "more_body": True})
+            except httpx.TimeoutException:
+                return "upstream_timeout"
+            except httpx.HTTPError:
+                return "upstream_broken"
+            return "completed"
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            outcome = "client_disconnected"
+            try:
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                relay = asyncio.create_task(pump(send))
+                disconnect = asyncio.create_task(_disconnected(receive))
+                await asyncio.wait({relay, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+                disconnect.cancel()
+                if relay.done():
+                    outcome = relay.result()
+                else:
+                    # The client left: stop reading, which cancels the upstream request below.
+                    relay.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await relay
+            finally:
+                await response.aclose()
+                produced = inspector.events > 0 or inspector.usage is not None
+                usage = (
+                    usage_from_stream(call.request, call.resolved, inspector) if produced else None
+                )
+                await self._settle(call, usage, outcome)
+            if outcome == "client_disconnected":
+                return
+            if inspector.saw_done:
+                await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        return app
+
+    async def _settle(self, call: Call, usage: MeteredUsage | None, outcome: str) -> None:
+        call.settled = True
+        account_id = call.principal.account_id
+        event = None if usage is None else self._event(call, usage, outcome)
+        try:
+            await self.writer.settle(Settlement(account_id, call.hold_id, event))
+        finally:
+            self.holds.forget(call.hold_id)
+        used = 0 if usage is None else usage.usage.prompt_tokens + usage.usage.completion_tokens
+        await self.limiter.correct(account_id, call.reserved_tokens, used)
+
+    def _event(self, call: Call, usage: MeteredUsage, outcome: str) -> UsageEventRecord:
+        charge = price(call.resolved, usage.usage)
+        event_id = uuid.uuid4()
+        return UsageEventRecord(
+            account_id=call.principal.account_id,
+            id=event_id,
+            time=datetime.now(UTC),
+            event_key=f"gw:{event_id.hex}",
+            api_key_id=call.principal.api_key_id,
+            user=call.request.user,
+            endpoint=call.request.endpoint,
+            model=call.resolved.name,
+            prompt_tokens=usage.usage.prompt_tokens,
+            cached_tokens=usage.usage.cached_tokens,
+            completion_tokens=usage.usage.completion_tokens,
+            images=usage.usage.images_in + usage.usage.images_out,
+            search_requests=1 if call.resolved.suffix else 0,
+            audio_seconds=Decimal(usage.usage.audio_seconds),
+            cost=charge.total,
+            currency=charge.currency,
+            price_version=str(charge.price_version),
+            charge_json=_encode(charge_to_json(charge)).decode(),
+            usage_source=usage.source,
+            outcome=outcome,
+        )
+
+
+async def _inspect_multipart(request: Request[Any, Any, Any], size: int) -> rq.ProxyRequest:
+    try:
+        form = await request.form()
+    except Exception as exc:
+        raise InvalidRequest(
+            "The body must be multipart/form-data with a `file` and a `model`."
+        ) from exc
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    if "file" not in form:
+        raise InvalidRequest(
+            "Missing required parameter: 'file'.", param="file", code="missing_field"
+        )
+    return rq.inspect_transcription(fields, size)
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _relayed_headers(
+    headers: httpx.Headers, limit_headers: dict[str, str]
+) -> list[tuple[bytes, bytes]]:
+    relayed = [
+        (name, value)
+        for name, value in headers.raw
+        if name.lower().decode("latin-1") not in _DROP_RESPONSE_HEADERS
+        and not name.lower().startswith(b"x-ratelimit-")
+    ]
+    relayed.extend((name.encode(), value.encode()) for name, value in limit_headers.items())
+    return relayed
+
+
+def _plain_app(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> ASGIApp:
+    all_headers = [*headers, (b"content-length", str(len(body)).encode())]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": all_headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return app

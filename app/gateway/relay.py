@@ -1,0 +1,101 @@
+"""Server-sent events read on the side of a relayed stream.
+
+Bytes are forwarded event by event as they arrive; each event is decoded only to read the
+usage and the delivered text. The usage the gateway asked for on the client's behalf is
+hidden again (SPEC 3.1), and `data: [DONE]` is held back so that the usage commits first.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+DONE_EVENT = b"data: [DONE]\n\n"
+
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+
+class SseInspector:
+    def __init__(self, *, client_wants_usage: bool) -> None:
+        self.client_wants_usage = client_wants_usage
+        self.usage: dict[str, Any] | None = None
+        self.text: list[str] = []
+        self.saw_done = False
+        self.events = 0  # data events carrying output, for "did the upstream produce anything"
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Complete events of `chunk` (plus what was pending) to forward now."""
+        data = self._pending + chunk if self._pending else chunk
+        end = 0
+        out: list[bytes] = []
+        for match in _EVENT_END.finditer(data):
+            event = data[end : match.end()]
+            end = match.end()
+            forwarded = self._event(event)
+            if forwarded:
+                out.append(forwarded)
+        self._pending = data[end:]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """What is left when the upstream closed without a final blank line."""
+        rest, self._pending = self._pending, b""
+        if not rest.strip():
+            return b""
+        return self._event(rest + b"\n\n")
+
+    def _event(self, event: bytes) -> bytes:
+        payload = _data_of(event)
+        if payload is None:
+            return event  # comments, `event:`/`id:` only, keep-alives: pass through
+        if payload == b"[DONE]":
+            self.saw_done = True
+            return b""
+        try:
+            chunk = _decode(payload)
+        except msgspec.DecodeError:
+            return event
+        if not isinstance(chunk, dict):
+            return event
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                self._collect_text(choice)
+            if choices:
+                self.events += 1
+        if "usage" not in chunk:
+            return event
+        usage = chunk["usage"]
+        if isinstance(usage, dict):
+            self.usage = usage
+        if self.client_wants_usage:
+            return event
+        if not choices:
+            return b""  # the usage-only chunk the client did not ask for
+        del chunk["usage"]
+        return b"data: " + _encode(chunk) + b"\n\n"
+
+    def _collect_text(self, choice: Any) -> None:
+        if not isinstance(choice, dict):
+            return
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            for field in ("content", "reasoning_content", "refusal"):
+                value = delta.get(field)
+                if isinstance(value, str):
+                    self.text.append(value)
+        elif isinstance(choice.get("text"), str):
+            self.text.append(choice["text"])
+
+
+def _data_of(event: bytes) -> bytes | None:
+    lines = [line for line in event.splitlines() if line.startswith(b"data:")]
+    if not lines:
+        return None
+    parts = [line[5:].removeprefix(b" ") for line in lines]
+    return parts[0] if len(parts) == 1 else b"\n".join(parts)

@@ -1,0 +1,168 @@
+"""What the gateway must know about a request before forwarding it: its model, whether it
+streams, and an upper bound of what it can cost (SPEC 7). The body itself is forwarded as
+the client sent it, apart from `stream_options` on streams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from app.errors import InvalidRequest
+from app.gateway import tokens
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+IMAGES = "/v1/images/generations"
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
+SPEECH = "/v1/audio/speech"
+
+# A transcription's length is unknown before the upstream answers; for the hold, assume
+# compressed audio of about 16 kB per second (a low bitrate, so the guess errs high).
+AUDIO_BYTES_PER_SECOND = 16_000
+
+
+@dataclass(slots=True)
+class ProxyRequest:
+    endpoint: str
+    model: str
+    body: dict[str, Any] | None  # parsed JSON; None for multipart uploads
+    stream: bool = False
+    client_wants_usage: bool = False
+    n: int = 1
+    max_output_tokens: int = 0  # per choice
+    prompt_tokens: int = 0  # the gateway's own count of the prompt
+    images_in: int = 0
+    images_out: int = 0
+    image_size: str | None = None
+    image_quality: str | None = None
+    audio_seconds_estimate: int = 0
+    characters: int = 0
+    user: str | None = None
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The body must be valid JSON.",
+            code="invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _require(body: dict[str, Any], field: str, kind: type | tuple[type, ...], what: str) -> Any:
+    if field not in body or body[field] is None:
+        raise InvalidRequest(
+            f"Missing required parameter: '{field}'.", param=field, code="missing_field"
+        )
+    value = body[field]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise InvalidRequest(
+            f"Invalid type for '{field}': expected {what}.", param=field, code="invalid_type"
+        )
+    return value
+
+
+def _optional_int(body: dict[str, Any], field: str, *, minimum: int) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InvalidRequest(
+            f"Invalid value for '{field}': expected an integer ≥ {minimum}.",
+            param=field,
+            code="invalid_value",
+        )
+    return value
+
+
+def _stream_flags(body: dict[str, Any], request: ProxyRequest) -> None:
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest(
+            "Invalid type for 'stream': expected a boolean.", param="stream", code="invalid_type"
+        )
+    request.stream = bool(stream)
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest(
+            "Invalid type for 'stream_options': expected an object.",
+            param="stream_options",
+            code="invalid_type",
+        )
+    request.client_wants_usage = bool(options and options.get("include_usage"))
+
+
+def _user(body: dict[str, Any]) -> str | None:
+    user = body.get("user")
+    return user if isinstance(user, str) else None
+
+
+def inspect_json(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> ProxyRequest:
+    model = _require(body, "model", str, "a string")
+    request = ProxyRequest(endpoint=endpoint, model=model, body=body, user=_user(body))
+    if endpoint == CHAT:
+        messages = _require(body, "messages", list, "an array of messages")
+        if not messages:
+            raise InvalidRequest(
+                "'messages' must contain at least one message.",
+                param="messages",
+                code="invalid_value",
+            )
+        _stream_flags(body, request)
+        request.prompt_tokens, request.images_in = tokens.count_messages(messages)
+        request.n = _optional_int(body, "n", minimum=1) or 1
+        cap = _optional_int(body, "max_completion_tokens", minimum=1) or _optional_int(
+            body, "max_tokens", minimum=1
+        )
+        request.max_output_tokens = cap or default_max_tokens
+    elif endpoint == COMPLETIONS:
+        prompt = _require(body, "prompt", (str, list), "a string or an array")
+        _stream_flags(body, request)
+        request.prompt_tokens = tokens.count_prompt(prompt)
+        request.n = (_optional_int(body, "n", minimum=1) or 1) * max(1, _prompt_count(prompt))
+        # The legacy endpoint's own default is 16 tokens (seed 001).
+        request.max_output_tokens = _optional_int(body, "max_tokens", minimum=0) or 16
+    elif endpoint == EMBEDDINGS:
+        embedded = _require(body, "input", (str, list), "a string or an array")
+        request.prompt_tokens = tokens.count_prompt(embedded)
+    elif endpoint == IMAGES:
+        _require(body, "prompt", str, "a string")
+        request.images_out = _optional_int(body, "n", minimum=1) or 1
+        request.image_size = body.get("size") if isinstance(body.get("size"), str) else None
+        request.image_quality = (
+            body.get("quality") if isinstance(body.get("quality"), str) else None
+        )
+    elif endpoint == SPEECH:
+        text = _require(body, "input", str, "a string")
+        request.characters = len(text)
+    return request
+
+
+def inspect_transcription(form: dict[str, Any], upload_bytes: int) -> ProxyRequest:
+    model = form.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest(
+            "Missing required parameter: 'model'.", param="model", code="missing_field"
+        )
+    if upload_bytes <= 0:
+        raise InvalidRequest(
+            "Missing required parameter: 'file'.", param="file", code="missing_field"
+        )
+    request = ProxyRequest(endpoint=TRANSCRIPTIONS, model=model, body=None)
+    request.user = form.get("user") if isinstance(form.get("user"), str) else None
+    request.audio_seconds_estimate = max(1, -(-upload_bytes // AUDIO_BYTES_PER_SECOND))
+    return request
+
+
+def _prompt_count(prompt: Any) -> int:
+    """How many prompts a legacy `prompt` holds: each gets its own `n` completions."""
+    if isinstance(prompt, list) and prompt and not all(isinstance(i, int) for i in prompt):
+        return len(prompt)
+    return 1

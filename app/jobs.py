@@ -1,0 +1,134 @@
+"""Scheduled jobs (SPEC 8): wiring only; job bodies live in their domains.
+
+Every instance runs the same APScheduler `AsyncIOScheduler`. Each run of a job opens its own
+transaction and first takes the job's Postgres advisory lock (`pg_try_advisory_xact_lock`): one
+instance does the work, the others skip that run. The lock ends with the transaction, so a
+crashed instance never holds it. Missed runs are coalesced into one and never replayed; the
+bodies catch up from state in the database (e.g. the rollup watermark) instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.usage import reconciliation, rollups
+from app.usage.partitions import maintain_partitions
+from app.usage.repository import try_job_lock
+
+logger = logging.getLogger(__name__)
+
+JobBody = Callable[[AsyncConnection], Awaitable[object]]
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str
+    trigger: Any  # an APScheduler trigger
+    body: JobBody
+    exclusive: bool = True  # one instance per run, under the advisory lock
+    at_start: bool = False  # also run once right after start
+
+
+def lock_key(name: str) -> int:
+    """A stable 64-bit advisory lock key per job (Python's `hash` differs per process)."""
+    return int.from_bytes(hashlib.sha256(f"tollgate.job.{name}".encode()).digest()[:8], signed=True)
+
+
+async def _partitions(connection: AsyncConnection) -> object:
+    return await maintain_partitions(connection, datetime.now(UTC).date())
+
+
+def default_jobs() -> list[Job]:
+    return [
+        Job("usage_rollups", IntervalTrigger(minutes=1), rollups.roll_up, at_start=True),
+        Job("usage_partitions", IntervalTrigger(hours=6), _partitions, at_start=True),
+        Job(
+            "reconciliation", CronTrigger(hour=3, minute=17, timezone=UTC), reconciliation.reconcile
+        ),
+        # Read-only, on every instance: shows the last reconciliation in each one's metrics.
+        Job(
+            "reconciliation_gauge",
+            IntervalTrigger(minutes=1),
+            reconciliation.refresh_gauge,
+            exclusive=False,
+            at_start=True,
+        ),
+    ]
+
+
+async def run_job(engine: AsyncEngine, job: Job) -> bool:
+    """Run `job` once now, in a transaction of its own that commits its work. False when
+    another instance holds the job's lock (this run is skipped)."""
+    async with engine.begin() as connection:
+        if job.exclusive and not await try_job_lock(connection, lock_key(job.name)):
+            return False
+        result = await job.body(connection)
+    logger.debug("job %s done: %s", job.name, result)
+    return True
+
+
+class Scheduler:
+    """Start it in the app's lifespan (on every instance) and close it before the engine."""
+
+    def __init__(self, engine: AsyncEngine, jobs: Sequence[Job] | None = None) -> None:
+        self._engine = engine
+        self._jobs = list(default_jobs() if jobs is None else jobs)
+        self._scheduler = AsyncIOScheduler(
+            timezone=UTC,
+            # One run at a time per job; runs missed (loop busy, process paused) collapse into
+            # one, and one later than the grace time is skipped: the next catches up.
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+        )
+        self._running: set[asyncio.Task[Any]] = set()
+
+    def start(self) -> None:
+        for job in self._jobs:
+            self._scheduler.add_job(
+                self._run,
+                trigger=job.trigger,
+                args=[job],
+                id=job.name,
+                name=job.name,
+                **({"next_run_time": datetime.now(UTC)} if job.at_start else {}),
+            )
+        self._scheduler.start()
+
+    async def close(self) -> None:
+        """Stop scheduling; let runs in progress finish (briefly), then cancel them: a cancelled
+        run rolls back and the next run, anywhere, redoes it."""
+        if not self._scheduler.running:
+            return
+        # Paused first: shutting down would cancel the runs in progress straight away.
+        self._scheduler.pause()
+        running = set(self._running)
+        if running:
+            _, pending = await asyncio.wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._scheduler.shutdown(wait=False)
+
+    async def _run(self, job: Job) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            await run_job(self._engine, job)
+        except Exception:
+            # Logged, never raised into the scheduler: the next run tries again.
+            logger.exception("scheduled job %s failed", job.name)
+        finally:
+            if task is not None:
+                self._running.discard(task)

@@ -1,0 +1,129 @@
+"""`create_app()`: plugins, routes and lifespan. Wiring only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from app.accounts.auth import KeyAuthenticator, provide_principal
+from app.admin.routes import admin_router
+from app.config import Settings, load_settings
+from app.credits.holds import HoldKeeper
+from app.credits.routes import get_account, get_credits
+from app.credits.tiers import load_tiers
+from app.db import migrate
+from app.db.embedded import start_embedded_postgres
+from app.db.engine import create_engine, create_sessionmaker, provide_transaction
+from app.errors import error_response
+from app.gateway import tokens
+from app.gateway.proxy import Gateway
+from app.gateway.routes import proxy_routes
+from app.gateway.upstreams import load_router
+from app.health import healthz
+from app.limits.service import RateLimiter
+from app.metering.writer import UsageWriter
+from app.middleware import add_request_id
+from app.pricing import load_catalog
+from app.pricing.routes import list_models, retrieve_model
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsController(PrometheusController):
+    path = "/metrics"
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or load_settings()
+    tiers = load_tiers(settings.pricing_dir / "tiers.toml")
+    catalog = load_catalog(settings.pricing_dir)
+    router = load_router(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        database_url = settings.database_url
+        if database_url is None:
+            # Only when the app is started without `tollgate serve`, which does this itself.
+            database_url = await asyncio.to_thread(start_embedded_postgres, settings.data_dir)
+            await asyncio.to_thread(migrate.upgrade, database_url)
+        engine = create_engine(database_url)
+        sessionmaker = create_sessionmaker(engine)
+        app.state.engine = engine
+        app.state.sessionmaker = sessionmaker
+        authenticator = KeyAuthenticator(sessionmaker, settings.key_cache_seconds)
+        app.state.authenticator = authenticator
+        await asyncio.to_thread(tokens.encoding)  # load the tokenizer before the first request
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=settings.upstream_connect_timeout,
+                read=settings.upstream_read_timeout,
+                write=settings.upstream_read_timeout,
+                pool=settings.upstream_connect_timeout,
+            ),
+            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
+            follow_redirects=False,
+        )
+        writer = UsageWriter(engine, max_batch=settings.writer_max_batch)
+        holds = HoldKeeper(engine, lease_seconds=settings.hold_lease_seconds)
+        writer.start()
+        holds.start()
+        app.state.gateway = Gateway(
+            settings=settings,
+            catalog=catalog,
+            router=router,
+            client=client,
+            authenticator=authenticator,
+            holds=holds,
+            limiter=RateLimiter(settings.redis_url),
+            tiers=tiers,
+            writer=writer,
+        )
+        try:
+            yield
+        finally:
+            # Requests have drained (uvicorn waits for them); flush what they settled.
+            await writer.close()
+            await holds.close()
+            await client.aclose()
+            await engine.dispose()
+
+    prometheus = PrometheusConfig(
+        app_name="tollgate",
+        prefix="tollgate",
+        group_path=True,
+        exclude=["/metrics"],
+    )
+    return Litestar(
+        route_handlers=[
+            healthz,
+            MetricsController,
+            admin_router,
+            get_account,
+            get_credits,
+            list_models,
+            retrieve_model,
+            *proxy_routes,
+        ],
+        lifespan=[lifespan],
+        middleware=[prometheus.middleware],
+        before_send=[add_request_id],
+        exception_handlers={Exception: error_response},
+        dependencies={
+            "principal": Provide(provide_principal),
+            "db": Provide(provide_transaction),
+            "catalog": Provide(lambda: catalog, use_cache=True, sync_to_thread=False),
+        },
+        state=State({"settings": settings, "tiers": tiers, "catalog": catalog}),
+        request_max_body_size=settings.max_request_bytes,
+        openapi_config=OpenAPIConfig(title="Tollgate", version="0.1.0", path="/openapi"),
+        debug=False,
+    )

@@ -1,0 +1,361 @@
+"""Event ingestion (`POST /admin/events`, SPEC 5): usage recorded elsewhere becomes usage events
+priced with the rates in force at each event's time and deducted like proxied usage — through
+the same settle statement, so the ledger entry, the event and the balance move together.
+
+A batch is all or nothing: every event is validated (shape, time, model, account, key) before
+any is written, and an invalid batch answers 400 listing each bad event's index and reason.
+Idempotent per (account, event id): the event key is `ext:<id>` and its ledger reference
+`usage:ext:<id>` is unique per account, so a replayed event is counted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.admin.guards import require_admin
+from app.errors import InvalidRequest, ModelNotFound, TollgateError
+from app.metering import repository
+from app.metering.schemas import Settlement, UsageEventRecord
+from app.money import money_str
+from app.pricing import Catalog, Charge, Endpoint, Usage, price
+from app.pricing.rates import PICO, Rate
+
+logger = logging.getLogger(__name__)
+
+# Events per settle statement. One statement per batch keeps account rows locked only from its
+# balance update to the commit, moments, so proxied requests of those accounts barely wait.
+CHUNK = 10_000
+WRITE_ATTEMPTS = 4
+MAX_ID_LENGTH = 255  # the event id is part of a unique index (as Stripe's idempotency keys)
+MAX_REPORTED = 100  # problems listed in a 400; the count covers all
+
+# Endpoints whose usage an ingested event can express: the counts below. Audio is priced by
+# seconds or characters, which events do not carry, so it is refused rather than billed as 0.
+INGESTIBLE_ENDPOINTS = (
+    Endpoint.CHAT,
+    Endpoint.COMPLETIONS,
+    Endpoint.EMBEDDINGS,
+    Endpoint.IMAGE_GENERATIONS,
+)
+
+Tokens = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]  # stored as `integer`
+
+_encode = msgspec.json.Encoder().encode
+
+
+class IngestEvent(msgspec.Struct, forbid_unknown_fields=True):
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+    account_id: uuid.UUID
+    time: Annotated[datetime, msgspec.Meta(tz=True)]
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    endpoint: str
+    prompt_tokens: Tokens
+    completion_tokens: Tokens
+    cached_tokens: Tokens = 0
+    images: Count = 0
+    # None: one search for a `-online`/`-deep` model (as a proxied request), none otherwise.
+    search_requests: Count | None = None
+    user: str | None = None
+    api_key_id: uuid.UUID | None = None
+
+
+class IngestBatch(msgspec.Struct, forbid_unknown_fields=True):
+    events: list[IngestEvent]
+
+
+@dataclass(frozen=True, slots=True)
+class EventProblem:
+    index: int
+    id: str | None
+    param: str  # e.g. "events[3].time"
+    reason: str
+
+    def view(self) -> dict[str, Any]:
+        return {"index": self.index, "id": self.id, "param": self.param, "reason": self.reason}
+
+
+class InvalidEvents(InvalidRequest):
+    """400 for a batch with invalid events; none of the batch was written."""
+
+    code = "invalid_events"
+
+    def __init__(self, problems: Sequence[EventProblem], total: int) -> None:
+        first = problems[0]
+        super().__init__(
+            f"{len(problems)} of {total} events are invalid, so none was ingested. "
+            f"First: {first.param}: {first.reason}",
+            param=first.param,
+        )
+        self.problems = list(problems)
+
+    def body(self) -> dict[str, dict[str, Any]]:
+        body: dict[str, dict[str, Any]] = dict(super().body())
+        body["error"]["invalid_events"] = [p.view() for p in self.problems[:MAX_REPORTED]]
+        body["error"]["invalid_count"] = len(self.problems)
+        return body
+
+
+class _Problem(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+def decode_batch(body: bytes) -> list[IngestEvent]:
+    """The events of a request body; raises `InvalidEvents` naming each malformed event."""
+    try:
+        return msgspec.json.decode(body, type=IngestBatch).events
+    except msgspec.ValidationError:
+        pass  # find every bad event below, not only the first
+    except msgspec.DecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The body must be valid JSON.",
+            code="invalid_json",
+        ) from None
+    raw = msgspec.json.decode(body)
+    if not isinstance(raw, dict) or set(raw) != {"events"} or not isinstance(raw["events"], list):
+        raise InvalidRequest(
+            'The body must be an object with one field, "events": a list of events.',
+            param="events",
+            code="invalid_type",
+        )
+    problems: list[EventProblem] = []
+    for index, item in enumerate(raw["events"]):
+        try:
+            msgspec.json.decode(_encode(item), type=IngestEvent)
+        except msgspec.ValidationError as exc:
+            message, _, where = str(exc).partition(" - at `$")
+            field = where.rstrip("`").lstrip(".")
+            missing = message.startswith("Object missing required field `")
+            if missing:
+                field = message.split("`")[1]
+            param = f"events[{index}]" + (f".{field}" if field else "")
+            event_id = item.get("id") if isinstance(item, dict) else None
+            problems.append(
+                EventProblem(index, event_id if isinstance(event_id, str) else None, param, message)
+            )
+    raise InvalidEvents(problems, len(raw["events"]))
+
+
+def charge_json(charge: Charge) -> str:
+    """`charge_to_json(charge)` as JSON text, byte for byte (a test holds them equal), built
+    from per-rate fragments and integer pico amounts: ingestion prices thousands of events per
+    request and the general serialiser's Decimal formatting would dominate its time."""
+    lines = []
+    total = 0
+    for rate, quantity in charge.items:
+        amount = rate.pico_per_unit * quantity
+        total += amount
+        head, tail = _line_fragments(rate)
+        lines.append(f'{head}{quantity}{tail}{_pico_money(amount)}"}}')
+    head = _charge_head(charge.model, charge.currency, charge.price_version)
+    return f'{head}"total":"{_pico_money(total)}","lines":[{",".join(lines)}]}}'
+
+
+@lru_cache(maxsize=1024)
+def _charge_head(model: str, currency: str, version: date) -> str:
+    return (
+        f'{{"model":{_encode(model).decode()},"currency":{_encode(currency).decode()},'
+        f'"price_version":"{version.isoformat()}",'
+    )
+
+
+@lru_cache(maxsize=1024)
+def _line_fragments(rate: Rate) -> tuple[str, str]:
+    return (
+        f'{{"kind":{_encode(rate.kind).decode()},"quantity":',
+        f',"unit_price":"{money_str(rate.price)}","per":{rate.per},"amount":"',
+    )
+
+
+def _pico_money(pico: int) -> str:
+    """`money_str` of a non-negative amount in 10⁻¹²: plain, trailing zeros dropped, at least
+    two decimals."""
+    whole, fraction = divmod(pico, PICO)
+    digits = f"{fraction:012d}".rstrip("0")
+    return f"{whole}.{digits.ljust(2, '0')}"
+
+
+def price_event(event: IngestEvent, catalog: Catalog, now: datetime) -> UsageEventRecord:
+    """The usage event for one ingested event, priced at the rates in force at its time.
+    Raises `_Problem` when it cannot be recorded."""
+    at = event.time.astimezone(UTC)  # partitions are by UTC month
+    if at > now:
+        raise _Problem("time", f"is in the future (server time {now:%Y-%m-%dT%H:%M:%SZ})")
+    if event.endpoint not in INGESTIBLE_ENDPOINTS:
+        raise _Problem(
+            "endpoint",
+            f"{event.endpoint!r} cannot be ingested; use one of " + ", ".join(INGESTIBLE_ENDPOINTS),
+        )
+    try:
+        resolved = catalog.resolve(event.model, at)
+    except ModelNotFound as exc:
+        raise _Problem("model", f"{exc.message} (at {at:%Y-%m-%dT%H:%M:%SZ})") from None
+    searches = event.search_requests
+    if searches is None:
+        searches = 1 if resolved.suffix else 0
+    elif searches and resolved.suffix is None:
+        raise _Problem(
+            "search_requests",
+            f"model `{resolved.name}` has no search fee; use its -online or -deep variant",
+        )
+    generated = event.endpoint == Endpoint.IMAGE_GENERATIONS
+    try:
+        usage = Usage(
+            endpoint=event.endpoint,
+            prompt_tokens=event.prompt_tokens,
+            cached_tokens=event.cached_tokens,
+            completion_tokens=event.completion_tokens,
+            images_in=0 if generated else event.images,
+            images_out=event.images if generated else 0,
+            requests=searches,
+        )
+    except ValueError as exc:
+        raise _Problem("cached_tokens", str(exc)) from None
+    try:
+        charge = price(resolved, usage)
+    except TollgateError as exc:  # not priced for this endpoint
+        raise _Problem(exc.param or "model", exc.message) from None
+    return UsageEventRecord(
+        account_id=event.account_id,
+        id=uuid.uuid4(),
+        time=at,
+        event_key=f"ext:{event.id}",
+        api_key_id=event.api_key_id,
+        user=event.user,
+        endpoint=event.endpoint,
+        model=resolved.name,
+        prompt_tokens=event.prompt_tokens,
+        cached_tokens=event.cached_tokens,
+        completion_tokens=event.completion_tokens,
+        images=event.images,
+        search_requests=searches,
+        audio_seconds=Decimal(0),
+        cost=charge.total,
+        currency=charge.currency,
+        price_version=str(charge.price_version),
+        charge_json=charge_json(charge),
+        usage_source="ingested",
+        outcome="completed",
+    )
+
+
+def price_events(
+    events: Sequence[IngestEvent], catalog: Catalog, now: datetime
+) -> tuple[list[UsageEventRecord], list[EventProblem]]:
+    """Price every event (pure): the records, and the events that cannot be recorded."""
+    records: list[UsageEventRecord] = []
+    problems: list[EventProblem] = []
+    for index, event in enumerate(events):
+        try:
+            records.append(price_event(event, catalog, now))
+        except _Problem as problem:
+            problems.append(
+                EventProblem(index, event.id, f"events[{index}].{problem.field}", problem.reason)
+            )
+    return records, problems
+
+
+async def owner_problems(
+    connection: AsyncConnection, events: Sequence[IngestEvent]
+) -> list[EventProblem]:
+    """Events whose account does not exist or whose key belongs to another account."""
+    accounts = await repository.known_accounts(connection, {e.account_id for e in events})
+    keys = await repository.key_accounts(
+        connection, {e.api_key_id for e in events if e.api_key_id is not None}
+    )
+    problems = []
+    for index, event in enumerate(events):
+        where = f"events[{index}]"
+        if event.account_id not in accounts:
+            reason = f"no account with id {event.account_id}"
+            problems.append(EventProblem(index, event.id, f"{where}.account_id", reason))
+        elif event.api_key_id is not None and keys.get(event.api_key_id) != event.account_id:
+            reason = f"no API key {event.api_key_id} on account {event.account_id}"
+            problems.append(EventProblem(index, event.id, f"{where}.api_key_id", reason))
+    return problems
+
+
+async def ensure_partitions(connection: AsyncConnection, months: Collection[date]) -> None:
+    """Make the monthly partitions of back-dated events, each in a short transaction of its
+    own and before the events' transaction begins: creating one locks the whole table, and
+    would wait forever on a transaction of ours that already wrote to it. Commits."""
+    for month in sorted(months):
+        await repository.ensure_partition(connection, month)
+        await connection.commit()
+
+
+async def prepare(
+    connection: AsyncConnection, events: Sequence[IngestEvent], *, catalog: Catalog, now: datetime
+) -> list[UsageEventRecord]:
+    """Validate and price every event; raises `InvalidEvents` listing each one that cannot be
+    recorded (unknown account, another account's key, unpriced model, future time …).
+    Pricing is CPU work: it runs in a thread, so the event loop keeps serving requests."""
+    problems = await owner_problems(connection, events)
+    records, invalid = await asyncio.to_thread(price_events, events, catalog, now)
+    if problems or invalid:
+        raise InvalidEvents(sorted(problems + invalid, key=lambda p: p.index), len(events))
+    return records
+
+
+async def write(connection: AsyncConnection, records: Sequence[UsageEventRecord]) -> int:
+    """Settle the events (no holds) in the caller's transaction, a statement per chunk; returns
+    how many were new."""
+    inserted = 0
+    for offset in range(0, len(records), CHUNK):
+        chunk = records[offset : offset + CHUNK]
+        inserted += await repository.settle(
+            connection, [Settlement(record.account_id, None, record) for record in chunk]
+        )
+    return inserted
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    # Concurrent settlements (the usage writer, other ingestions) lock account rows in no
+    # particular order, so Postgres may break a deadlock by aborting this transaction.
+    return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")
+
+
+@post("/admin/events", status_code=200, guards=[require_admin], include_in_schema=False)
+async def ingest_events(
+    request: Request[Any, Any, Any], catalog: NamedDependency[Catalog], state: State
+) -> dict[str, int]:
+    """Owns its transaction (rather than the per-request one) to retry it when Postgres aborts
+    it to break a deadlock; commits before answering, so a usage query or a balance read right
+    after sees every event."""
+    events = decode_batch(await request.body())
+    engine: AsyncEngine = state.engine
+    async with engine.connect() as connection:
+        records = await prepare(connection, events, catalog=catalog, now=datetime.now(UTC))
+        await connection.rollback()  # the reads' transaction: nothing may hold it open
+        # On this same connection: taking a second one from the pool while holding this one
+        # could exhaust the pool under many parallel ingestions.
+        await ensure_partitions(connection, {record.month for record in records})
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                async with connection.begin():
+                    inserted = await write(connection, records)
+                break
+            except DBAPIError as exc:
+                if attempt == WRITE_ATTEMPTS or not _retryable(exc):
+                    raise
+                logger.warning("ingestion aborted by a deadlock (attempt %d); retrying", attempt)
+                await asyncio.sleep(0.02 * 4**attempt)
+    return {"inserted": inserted, "duplicates": len(events) - inserted}

@@ -1,0 +1,116 @@
+"""All SQL of metering: one statement settles a whole batch of requests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Sequence
+from datetime import date
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.metering.schemas import Settlement
+
+EVENT_COLUMNS = (
+    ("account_id", "uuid"),
+    ("time", "timestamptz"),
+    ("id", "uuid"),
+    ("event_key", "text"),
+    ("api_key_id", "uuid"),
+    ("user", "text"),
+    ("endpoint", "text"),
+    ("model", "text"),
+    ("prompt_tokens", "bigint"),
+    ("cached_tokens", "bigint"),
+    ("completion_tokens", "bigint"),
+    ("images", "integer"),
+    ("search_requests", "integer"),
+    ("audio_seconds", "numeric"),
+    ("cost", "numeric"),
+    ("currency", "text"),
+    ("price_version", "text"),
+    ("charge_json", "text"),
+    ("usage_source", "text"),
+    ("outcome", "text"),
+)
+_NAMES = ", ".join(f'"{name}"' for name, _ in EVENT_COLUMNS)
+_ARRAYS = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in EVENT_COLUMNS)
+_STORED = _NAMES.replace('"charge_json"', '"charge"')
+_SELECTED = _NAMES.replace('"charge_json"', '"charge_json"::jsonb')
+
+# The ledger entry goes first: its unique (account_id, reference) admits each event once, so a
+# retried batch inserts only what is new, and balances move only by what was inserted.
+SETTLE_SQL = text(
+    f"""
+    WITH input AS (
+        SELECT * FROM unnest({_ARRAYS}) AS t({_NAMES})
+    ), ledger AS (
+        INSERT INTO ledger_entries (account_id, id, kind, amount, reference)
+        SELECT account_id, id, 'usage', -cost, 'usage:' || event_key FROM input
+        ON CONFLICT (account_id, reference) DO NOTHING
+        RETURNING account_id, id, amount
+    ), events AS (
+        INSERT INTO usage_events ({_STORED})
+        SELECT {_SELECTED} FROM input JOIN ledger USING (account_id, id)
+        RETURNING 1
+    ), released AS (
+        DELETE FROM holds h
+        USING unnest(CAST(:hold_accounts AS uuid[]), CAST(:hold_ids AS uuid[])) AS r(account_id, id)
+        WHERE h.account_id = r.account_id AND h.id = r.id
+        RETURNING h.account_id, h.amount
+    ), deltas AS (
+        SELECT account_id, amount AS spent, 0::numeric AS released FROM ledger
+        UNION ALL
+        SELECT account_id, 0::numeric, amount FROM released
+    ), moved AS (
+        UPDATE accounts a
+        SET balance = a.balance + d.spent,
+            total_usage = a.total_usage - d.spent,
+            held = a.held - d.released
+        FROM (
+            SELECT account_id, sum(spent) AS spent, sum(released) AS released
+            FROM deltas GROUP BY account_id
+        ) d
+        WHERE a.id = d.account_id
+        RETURNING a.id
+    )
+    SELECT (SELECT count(*) FROM events) AS inserted
+    """
+)
+
+
+async def settle(connection: AsyncConnection, batch: Sequence[Settlement]) -> int:
+    """Write every event, its usage ledger entry and every hold release of `batch` in one
+    statement. Returns how many events were new."""
+    events = [s.event for s in batch if s.event is not None]
+    holds = [(s.account_id, s.hold_id) for s in batch if s.hold_id is not None]
+    params: dict[str, object] = {
+        name: [getattr(event, name) for event in events] for name, _ in EVENT_COLUMNS
+    }
+    params["hold_accounts"] = [account_id for account_id, _ in holds]
+    params["hold_ids"] = [hold_id for _, hold_id in holds]
+    return int(await connection.scalar(SETTLE_SQL, params) or 0)
+
+
+async def ensure_partition(connection: AsyncConnection, month: date) -> None:
+    await connection.execute(text("SELECT ensure_usage_events_partition(:month)"), {"month": month})
+
+
+KNOWN_ACCOUNTS_SQL = text("SELECT id FROM accounts WHERE id = ANY(CAST(:ids AS uuid[]))")
+KEY_ACCOUNTS_SQL = text("SELECT id, account_id FROM api_keys WHERE id = ANY(CAST(:ids AS uuid[]))")
+
+
+async def known_accounts(
+    connection: AsyncConnection, account_ids: Collection[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Which of `account_ids` exist (for validating ingested events before any is written)."""
+    result = await connection.execute(KNOWN_ACCOUNTS_SQL, {"ids": list(account_ids)})
+    return {row.id for row in result}
+
+
+async def key_accounts(
+    connection: AsyncConnection, key_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, uuid.UUID]:
+    """API key id → its account, for those of `key_ids` that exist (revoked ones included)."""
+    result = await connection.execute(KEY_ACCOUNTS_SQL, {"ids": list(key_ids)})
+    return {row.id: row.account_id for row in result}

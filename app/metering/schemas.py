@@ -1,0 +1,46 @@
+"""The usage event as written, and a request's settlement (its event plus its hold release)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEventRecord:
+    account_id: uuid.UUID
+    id: uuid.UUID
+    time: datetime
+    event_key: str  # unique per account; the ledger reference is `usage:<event_key>`
+    api_key_id: uuid.UUID | None
+    user: str | None
+    endpoint: str
+    model: str
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    images: int
+    search_requests: int
+    audio_seconds: Decimal
+    cost: Decimal
+    currency: str
+    price_version: str
+    charge_json: str  # the itemised charge, serialised
+    usage_source: str
+    outcome: str
+
+    @property
+    def month(self) -> date:
+        return date(self.time.year, self.time.month, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How a request ends: its usage event (None when nothing is charged) and the hold it
+    releases (None when it held nothing). Both commit in one transaction."""
+
+    account_id: uuid.UUID
+    hold_id: uuid.UUID | None
+    event: UsageEventRecord | None

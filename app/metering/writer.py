@@ -1,0 +1,131 @@
+"""The usage writer: group commit of settlements.
+
+Requests hand their settlement to the writer and wait for the commit that contains it. While
+one batch is being written, new settlements queue up and go together in the next, so under
+load many requests share one durable commit, and alone a request pays for one commit only.
+A failed batch is retried: the write is idempotent, so a retry never charges twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import date
+
+from prometheus_client import Counter, Histogram
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.metering import repository
+from app.metering.schemas import Settlement
+
+logger = logging.getLogger(__name__)
+
+RETRY_DELAYS = (0.05, 0.2, 1.0, 2.0, 5.0)
+
+COMMITS = Counter("tollgate_usage_commits", "Usage writer commits")
+SETTLEMENTS = Counter("tollgate_usage_settlements", "Settlements committed by the usage writer")
+BATCH_SIZE = Histogram(
+    "tollgate_usage_batch_size",
+    "Settlements per commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 512),
+)
+
+
+class WriterClosed(RuntimeError):
+    pass
+
+
+class UsageWriter:
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 1000) -> None:
+        self._max_batch = max_batch
+        # The settlement is a single statement, atomic on its own: autocommit spares the
+        # BEGIN/COMMIT round trips.
+        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._queue: asyncio.Queue[tuple[Settlement, asyncio.Future[None]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._months: set[date] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-writer")
+
+    async def settle(self, settlement: Settlement) -> None:
+        """Returns once the settlement is committed (durably)."""
+        if self._closed:
+            raise WriterClosed("the usage writer is shut down")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((settlement, future))
+        await asyncio.shield(future)
+
+    async def close(self) -> None:
+        """Write everything queued, then stop."""
+        self._closed = True
+        await self._queue.join()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write([s for s, _ in batch], [f for _, f in batch])
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _write(
+        self, settlements: Sequence[Settlement], futures: Sequence[asyncio.Future[None]]
+    ) -> None:
+        for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+            try:
+                await self._commit(settlements)
+            except IntegrityError as exc:
+                # Not transient (e.g. an account deleted mid-request): isolate the bad one.
+                if len(settlements) > 1:
+                    for settlement, future in zip(settlements, futures, strict=True):
+                        await self._write([settlement], [future])
+                    return
+                logger.error(
+                    "usage settlement refused by the database: %r (%s)", settlements[0], exc
+                )
+                _resolve(futures, exc)
+                return
+            except (DBAPIError, OSError) as exc:
+                if delay is None:
+                    logger.error("usage writer gave up after %d attempts: %s", attempt + 1, exc)
+                    _resolve(futures, exc)
+                    return
+                logger.warning("usage write failed (attempt %d), retrying: %s", attempt + 1, exc)
+                await asyncio.sleep(delay)
+            else:
+                COMMITS.inc()
+                SETTLEMENTS.inc(len(settlements))
+                BATCH_SIZE.observe(len(settlements))
+                _resolve(futures, None)
+                return
+
+    async def _commit(self, settlements: Sequence[Settlement]) -> None:
+        months = {s.event.month for s in settlements if s.event is not None} - self._months
+        if months:
+            async with self._engine.connect() as connection:
+                for month in sorted(months):
+                    await repository.ensure_partition(connection, month)
+            self._months |= months
+        async with self._engine.connect() as connection:
+            await repository.settle(connection, settlements)
+
+
+def _resolve(futures: Sequence[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)

@@ -1,0 +1,34 @@
+"""Cross-cutting HTTP pieces: the `x-request-id` on every response, errors and 404s included."""
+
+from __future__ import annotations
+
+import uuid
+
+from litestar.datastructures import MutableScopeHeaders
+from litestar.types import Message, Scope
+
+
+def request_id(scope: Scope) -> str:
+    """The client's `x-request-id` (as OpenAI accepts it) or a new one, fixed per request."""
+    state = scope.setdefault("state", {})
+    existing: str | None = state.get("request_id")
+    if existing is None:
+        existing = _client_request_id(scope) or f"req_{uuid.uuid4().hex}"
+        state["request_id"] = existing
+    return existing
+
+
+async def add_request_id(message: Message, scope: Scope) -> None:
+    """A `before_send` hook: runs for every response, even when no route matched."""
+    if message["type"] == "http.response.start":
+        MutableScopeHeaders.from_message(message)["x-request-id"] = request_id(scope)
+
+
+def _client_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1").strip()
+            # Echoed into headers and logs: keep it short and printable.
+            if 0 < len(text) <= 200 and text.isprintable():
+                return text
+    return None

@@ -1,0 +1,82 @@
+"""The webhook inbox: store a verified event, then act on it exactly once.
+
+1. The event is inserted (unique on its id) and committed before anything else happens, so a
+   verified event is never lost, even if acting on it fails.
+2. In a second transaction the event row is locked while unprocessed; its effects and its
+   `processed_at` commit together. A concurrent re-delivery waits on that lock and then finds
+   the event processed; a failed attempt leaves it unprocessed for the next delivery or for
+   `retry_unprocessed_events`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.payments import repository, service
+from app.payments.config import BillingConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    event_id: str
+    duplicate: bool
+    outcome: str | None
+
+
+async def receive_event(
+    sessionmaker: async_sessionmaker[AsyncSession], event: dict[str, Any], config: BillingConfig
+) -> Receipt:
+    async with sessionmaker() as session, session.begin():
+        await repository.insert_event(
+            session, event_id=event["id"], type_=event["type"], payload=event
+        )
+    outcome = await process_event(sessionmaker, event["id"], config)
+    # A duplicate is a delivery that found the event already handled (by an earlier or a
+    # concurrent delivery), whether or not it was the one that stored it.
+    return Receipt(event_id=event["id"], duplicate=outcome is None, outcome=outcome)
+
+
+async def process_event(
+    sessionmaker: async_sessionmaker[AsyncSession], event_id: str, config: BillingConfig
+) -> str | None:
+    """Act on a stored event if nobody has; its outcome, or None if it was already done."""
+    try:
+        async with sessionmaker() as session, session.begin():
+            stored = await repository.lock_unprocessed_event(session, event_id)
+            if stored is None:
+                return None
+            outcome = await service.apply_event(session, stored.payload, config)
+            await repository.mark_event_processed(session, event_id, outcome)
+    except Exception as exc:
+        async with sessionmaker() as session, session.begin():
+            await repository.record_event_failure(session, event_id, repr(exc))
+        raise
+    logger.info("stripe event %s: %s", event_id, outcome)
+    return outcome
+
+
+async def retry_unprocessed_events(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    config: BillingConfig,
+    *,
+    received_before: timedelta = timedelta(minutes=1),
+) -> int:
+    """Job body: act on stored events whose processing failed (e.g. the database went away
+    mid-way). Returns how many were processed now."""
+    async with sessionmaker() as session:
+        event_ids = await repository.unprocessed_event_ids(session, received_before=received_before)
+    done = 0
+    for event_id in event_ids:
+        try:
+            if await process_event(sessionmaker, event_id, config) is not None:
+                done += 1
+        except Exception:
+            logger.exception("stripe event %s failed again", event_id)
+    return done

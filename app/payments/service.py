@@ -1,0 +1,525 @@
+"""Payment rules: top-up amounts, webhook verification, and what each Stripe event does to the
+ledger. Never commits: the request, inbox or job that owns the transaction does.
+
+Every credit or reversal goes through `credits.repository.append_entry` with a reference
+derived from a Stripe id, so the unique (account_id, reference) of the ledger makes it happen
+once, whichever event, re-delivery or code path reports it:
+
+  stripe:cs:<checkout session>          purchase, Checkout top-up
+  stripe:pi:<payment intent>            purchase, auto-recharge
+  stripe:refund:<charge>:<refunded>     refund, up to the charge's cumulative refunded amount
+  stripe:dispute:<dispute>              refund, the disputed amount
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import stripe
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.credits import repository as ledger
+from app.errors import InvalidRequest
+from app.money import money_str, parse_money
+from app.payments import repository
+from app.payments.config import BillingConfig
+from app.payments.currency import from_minor, to_minor
+
+logger = logging.getLogger(__name__)
+
+RETURN_PATH = "/dashboard/topup/return?session_id={CHECKOUT_SESSION_ID}"
+CANCEL_PATH = "/dashboard/topup?canceled=1"
+
+
+# ── top-up amounts ──────────────────────────────────────────────────────────────────────────
+
+
+def parse_topup_amount(
+    value: object, *, currency: str, config: BillingConfig, param: str = "amount"
+) -> Decimal:
+    """A top-up or auto-recharge amount: a decimal string within the configured limits, in
+    whole minor units of the currency."""
+    try:
+        amount = parse_money(value, field=param)
+        to_minor(amount, currency)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param=param, code="invalid_amount") from exc
+    if not config.topup_min <= amount <= config.topup_max:
+        raise InvalidRequest(
+            f"{param} must be between {money_str(config.topup_min)} and "
+            f"{money_str(config.topup_max)} {currency}, not {money_str(amount)}.",
+            param=param,
+            code="amount_out_of_range",
+        )
+    return amount
+
+
+def checkout_urls(config: BillingConfig) -> tuple[str, str]:
+    """(success URL, cancel URL). Stripe fills in `{CHECKOUT_SESSION_ID}` itself."""
+    return config.public_url + RETURN_PATH, config.public_url + CANCEL_PATH
+
+
+def product_name(amount: Decimal, currency: str) -> str:
+    return f"Tollgate prepaid credit ({money_str(amount)} {currency})"
+
+
+async def checkout_credited(
+    session: AsyncSession, account_id: uuid.UUID, checkout_session_id: str
+) -> bool:
+    """Whether the top-up of this Checkout Session is on the account yet (for the dashboard's
+    return page, which Stripe may reach before its webhook does)."""
+    reference = f"stripe:cs:{checkout_session_id}"
+    return await ledger.find_entry(session, account_id, reference) is not None
+
+
+# ── webhook verification ────────────────────────────────────────────────────────────────────
+
+
+def verify_event(
+    payload: bytes, signature: str | None, secret: str, tolerance: int
+) -> dict[str, Any]:
+    """The event, if `Stripe-Signature` is a valid signature of exactly these bytes by
+    `secret`, made at most `tolerance` seconds ago; else a 400."""
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance)
+    except stripe.SignatureVerificationError as exc:
+        raise InvalidRequest(
+            f"Invalid Stripe signature: {exc.user_message or exc}",
+            param="Stripe-Signature",
+            code="invalid_signature",
+        ) from exc
+    try:
+        event = json.loads(payload)
+    except ValueError as exc:
+        raise InvalidRequest("The event body is not JSON.", code="invalid_json") from exc
+    if (
+        not isinstance(event, dict)
+        or not isinstance(event.get("id"), str)
+        or not isinstance(event.get("type"), str)
+        or not isinstance((event.get("data") or {}).get("object"), dict)
+    ):
+        raise InvalidRequest("The event lacks an id, a type or data.object.", code="invalid_event")
+    return event
+
+
+# ── acting on events ────────────────────────────────────────────────────────────────────────
+
+
+async def apply_event(session: AsyncSession, event: dict[str, Any], config: BillingConfig) -> str:
+    """Apply one verified event; returns its outcome (stored in the inbox)."""
+    kind: str = event["type"]
+    obj: dict[str, Any] = event["data"]["object"]
+    if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
+        return await credit_checkout_session(session, obj, event_id=event["id"])
+    if kind == "checkout.session.async_payment_failed":
+        return "payment_failed"
+    if kind == "charge.refunded":
+        return await reverse_refunds(session, obj)
+    if kind == "charge.dispute.created":
+        return await reverse_dispute(session, obj)
+    if kind == "payment_intent.succeeded":
+        return await payment_intent_succeeded(session, obj)
+    if kind == "payment_intent.payment_failed":
+        return await payment_intent_failed(session, obj, config)
+    return "ignored"
+
+
+async def credit_checkout_session(
+    session: AsyncSession, checkout: dict[str, Any], *, event_id: str | None = None
+) -> str:
+    """One `purchase` of `amount_total` for a paid Checkout Session, once per session."""
+    if checkout.get("mode", "payment") != "payment":
+        return "ignored_mode"
+    if checkout.get("payment_status") != "paid":
+        return "not_paid"
+    session_id = str(checkout["id"])
+    account_id = _account_of(checkout.get("client_reference_id"), checkout.get("metadata"))
+    if account_id is None:
+        logger.warning("Checkout Session %s names no Tollgate account", session_id)
+        return "unknown_account"
+    amount = await _amount_in_account_currency(
+        session, account_id, checkout.get("amount_total"), checkout.get("currency"), session_id
+    )
+    if isinstance(amount, str):
+        return amount
+    if amount <= 0:
+        return "nothing_paid"
+    payment_intent_id = _stripe_id(checkout.get("payment_intent"))
+    entry = await ledger.append_entry(
+        session,
+        account_id=account_id,
+        kind="purchase",
+        amount=amount,
+        reference=f"stripe:cs:{session_id}",
+        description="Top-up through Stripe Checkout",
+        details={
+            "checkout_session": session_id,
+            "payment_intent": payment_intent_id,
+            "amount_minor": checkout.get("amount_total"),
+            "currency": str(checkout.get("currency")).upper(),
+            "event": event_id,
+        },
+    )
+    if payment_intent_id is not None:
+        await repository.insert_payment(
+            session,
+            account_id=account_id,
+            payment_intent_id=payment_intent_id,
+            source="checkout",
+            checkout_session_id=session_id,
+            currency=str(checkout["currency"]).upper(),
+            amount_minor=int(checkout["amount_total"]),
+        )
+    return "credited" if entry is not None else "already_credited"
+
+
+async def reverse_refunds(session: AsyncSession, charge: dict[str, Any]) -> str:
+    """A `refund` entry for what was refunded on the charge since the last one we applied.
+
+    `charge.refunded` carries the charge's cumulative `amount_refunded`, not the refund list
+    (not expanded in webhooks since API 2022-11-15), so each step of that total is its own
+    ledger reference; the payment's row lock orders concurrent deliveries, and older or
+    repeated totals reverse nothing."""
+    payment_intent_id = _stripe_id(charge.get("payment_intent"))
+    payment = (
+        await repository.lock_payment(session, payment_intent_id) if payment_intent_id else None
+    )
+    if payment is None:
+        logger.warning("refund on charge %s of a payment Tollgate did not credit", charge.get("id"))
+        return "unknown_payment"
+    if str(charge.get("currency", "")).upper() != payment.currency:
+        logger.error("refund on charge %s in another currency", charge.get("id"))
+        return "currency_mismatch"
+    refunded = _minor(charge.get("amount_refunded"))
+    if refunded <= payment.refunded_minor:
+        return "already_reversed"
+    refunded = min(refunded, payment.amount_minor)
+    amount = from_minor(refunded - payment.refunded_minor, payment.currency)
+    refunds = (charge.get("refunds") or {}).get("data") or []
+    await ledger.append_entry(
+        session,
+        account_id=payment.account_id,
+        kind="refund",
+        amount=-amount,
+        reference=f"stripe:refund:{charge['id']}:{refunded}",
+        description="Stripe refund",
+        details={
+            "charge": charge["id"],
+            "payment_intent": payment_intent_id,
+            "amount_refunded_minor": refunded,
+            "refunds": [r.get("id") for r in refunds if isinstance(r, dict)],
+        },
+    )
+    await repository.set_refunded(
+        session,
+        account_id=payment.account_id,
+        payment_intent_id=payment.payment_intent_id,
+        refunded_minor=refunded,
+    )
+    return "reversed"
+
+
+async def reverse_dispute(session: AsyncSession, dispute: dict[str, Any]) -> str:
+    """A `refund` entry for the disputed amount, once per dispute: the money is withdrawn
+    from the balance when the dispute opens."""
+    payment_intent_id = _stripe_id(dispute.get("payment_intent"))
+    payment = (
+        await repository.lock_payment(session, payment_intent_id) if payment_intent_id else None
+    )
+    if payment is None:
+        logger.warning("dispute %s on a payment Tollgate did not credit", dispute.get("id"))
+        return "unknown_payment"
+    if str(dispute.get("currency", "")).upper() != payment.currency:
+        logger.error("dispute %s in another currency", dispute.get("id"))
+        return "currency_mismatch"
+    amount = from_minor(min(_minor(dispute.get("amount")), payment.amount_minor), payment.currency)
+    entry = await ledger.append_entry(
+        session,
+        account_id=payment.account_id,
+        kind="refund",
+        amount=-amount,
+        reference=f"stripe:dispute:{dispute['id']}",
+        description="Stripe dispute",
+        details={
+            "dispute": dispute["id"],
+            "charge": _stripe_id(dispute.get("charge")),
+            "payment_intent": payment_intent_id,
+            "reason": dispute.get("reason"),
+        },
+    )
+    return "reversed" if entry is not None else "already_reversed"
+
+
+async def payment_intent_succeeded(session: AsyncSession, intent: dict[str, Any]) -> str:
+    metadata = intent.get("metadata") or {}
+    purpose = metadata.get("purpose")
+    if purpose == "auto_recharge":
+        return await credit_recharge_intent(session, intent)
+    if purpose == "topup":
+        # Checkout's own PaymentIntent: the purchase is credited by the session's event; this
+        # one tells which card was saved for off-session use.
+        return await save_topup_card(session, intent)
+    return "ignored"
+
+
+async def save_topup_card(session: AsyncSession, intent: dict[str, Any]) -> str:
+    account_id = _account_of(None, intent.get("metadata"))
+    payment_method_id = _stripe_id(intent.get("payment_method"))
+    customer_id = _stripe_id(intent.get("customer"))
+    if (
+        account_id is None
+        or payment_method_id is None
+        or customer_id is None
+        or intent.get("setup_future_usage") != "off_session"
+    ):
+        return "no_card_saved"
+    saved = await repository.save_payment_method(
+        session,
+        account_id=account_id,
+        customer_id=customer_id,
+        payment_method_id=payment_method_id,
+        saved_at=datetime.fromtimestamp(int(intent.get("created") or 0), UTC),
+    )
+    return "card_saved" if saved else "card_not_newer"
+
+
+async def credit_recharge_intent(session: AsyncSession, intent: dict[str, Any]) -> str:
+    """Credit a succeeded auto-recharge PaymentIntent, once per PaymentIntent; used by the
+    webhook and by the recharger when Stripe answers `succeeded` at once."""
+    if intent.get("status") != "succeeded":
+        return "not_succeeded"
+    metadata = intent.get("metadata") or {}
+    account_id = _account_of(None, metadata)
+    if account_id is None:
+        return "unknown_account"
+    payment_intent_id = str(intent["id"])
+    received = intent.get("amount_received") or intent.get("amount")
+    amount = await _amount_in_account_currency(
+        session, account_id, received, intent.get("currency"), payment_intent_id
+    )
+    if isinstance(amount, str):
+        return amount
+    entry = await ledger.append_entry(
+        session,
+        account_id=account_id,
+        kind="purchase",
+        amount=amount,
+        reference=f"stripe:pi:{payment_intent_id}",
+        description="Auto-recharge",
+        details={
+            "payment_intent": payment_intent_id,
+            "amount_minor": received,
+            "currency": str(intent.get("currency")).upper(),
+        },
+    )
+    await repository.insert_payment(
+        session,
+        account_id=account_id,
+        payment_intent_id=payment_intent_id,
+        source="auto_recharge",
+        checkout_session_id=None,
+        currency=str(intent["currency"]).upper(),
+        amount_minor=_minor(received),
+    )
+    if await repository.finish_attempt(
+        session,
+        account_id=account_id,
+        attempt_id=_uuid(metadata.get("attempt_id")),
+        payment_intent_id=payment_intent_id,
+        status="succeeded",
+    ):
+        await repository.reset_recharge_failures(session, account_id)
+    return "credited" if entry is not None else "already_credited"
+
+
+async def payment_intent_failed(
+    session: AsyncSession, intent: dict[str, Any], config: BillingConfig
+) -> str:
+    metadata = intent.get("metadata") or {}
+    if metadata.get("purpose") != "auto_recharge":
+        return "ignored"
+    account_id = _account_of(None, metadata)
+    if account_id is None:
+        return "unknown_account"
+    error = intent.get("last_payment_error") or {}
+    return await fail_recharge(
+        session,
+        account_id=account_id,
+        attempt_id=_uuid(metadata.get("attempt_id")),
+        payment_intent_id=str(intent["id"]),
+        reason=str(error.get("message") or error.get("code") or "payment failed"),
+        config=config,
+    )
+
+
+async def fail_recharge(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    attempt_id: uuid.UUID | None,
+    payment_intent_id: str | None,
+    reason: str,
+    config: BillingConfig,
+) -> str:
+    """Mark the attempt failed and back off, once per attempt (the synchronous decline and
+    the `payment_intent.payment_failed` event report the same failure)."""
+    if not await repository.finish_attempt(
+        session,
+        account_id=account_id,
+        attempt_id=attempt_id,
+        payment_intent_id=payment_intent_id,
+        status="failed",
+        error=reason,
+    ):
+        return "already_finished"
+    await repository.back_off_recharge(
+        session, account_id, base=config.recharge_backoff, ceiling=config.recharge_backoff_max
+    )
+    return "recharge_failed"
+
+
+# ── auto-recharge decisions ─────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True)
+class RechargePlan:
+    account_id: uuid.UUID
+    attempt_id: uuid.UUID
+    amount: Decimal
+    currency: str
+    customer_id: str
+    payment_method_id: str
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"tollgate-recharge-{self.attempt_id}"
+
+    @property
+    def amount_minor(self) -> int:
+        return to_minor(self.amount, self.currency)
+
+
+async def plan_recharge(
+    session: AsyncSession, account_id: uuid.UUID, config: BillingConfig
+) -> RechargePlan | None:
+    """Decide under the settings row lock whether to charge now, and if so record the pending
+    attempt; None when there is nothing to do. The unique partial index on pending attempts is
+    the last word: a second attempt in flight cannot be inserted."""
+    candidate = await repository.lock_recharge_candidate(session, account_id)
+    if (
+        candidate is None
+        or not candidate.enabled
+        or candidate.balance >= candidate.threshold
+        or candidate.in_backoff
+        or candidate.pending
+        or candidate.recent_attempts >= config.recharge_max_per_hour
+        or candidate.customer_id is None
+        or candidate.payment_method_id is None
+    ):
+        return None
+    attempt_id = uuid.uuid4()
+    if not await repository.insert_pending_attempt(
+        session,
+        account_id=account_id,
+        attempt_id=attempt_id,
+        amount=candidate.amount,
+        currency=candidate.currency,
+        customer_id=candidate.customer_id,
+        payment_method_id=candidate.payment_method_id,
+    ):
+        return None
+    return RechargePlan(
+        account_id=account_id,
+        attempt_id=attempt_id,
+        amount=candidate.amount,
+        currency=candidate.currency,
+        customer_id=candidate.customer_id,
+        payment_method_id=candidate.payment_method_id,
+    )
+
+
+async def apply_recharge_intent(
+    session: AsyncSession,
+    plan_account: uuid.UUID,
+    attempt_id: uuid.UUID,
+    intent: dict[str, Any],
+    config: BillingConfig,
+) -> str:
+    """What Stripe's answer to the off-session charge means for the attempt."""
+    status = intent.get("status")
+    payment_intent_id = str(intent["id"])
+    await repository.set_attempt_intent(
+        session, account_id=plan_account, attempt_id=attempt_id, payment_intent_id=payment_intent_id
+    )
+    if status == "succeeded":
+        return await credit_recharge_intent(session, intent)
+    if status in ("requires_payment_method", "requires_action", "canceled"):
+        error = intent.get("last_payment_error") or {}
+        return await fail_recharge(
+            session,
+            account_id=plan_account,
+            attempt_id=attempt_id,
+            payment_intent_id=payment_intent_id,
+            reason=str(error.get("message") or f"payment intent {status}"),
+            config=config,
+        )
+    return "pending"  # processing: the webhook reports the outcome
+
+
+# ── small parsers ───────────────────────────────────────────────────────────────────────────
+
+
+def _uuid(value: object) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _account_of(reference: object, metadata: object) -> uuid.UUID | None:
+    """The account named by `client_reference_id` and/or `metadata.account_id`; None when
+    neither names one or they disagree."""
+    from_metadata = _uuid(metadata.get("account_id")) if isinstance(metadata, dict) else None
+    from_reference = _uuid(reference)
+    if from_reference and from_metadata and from_reference != from_metadata:
+        return None
+    return from_reference or from_metadata
+
+
+def _stripe_id(value: object) -> str | None:
+    """An id field that may be a bare id or an expanded object."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def _minor(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0
+    return value
+
+
+async def _amount_in_account_currency(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    amount_minor: object,
+    currency: object,
+    source: str,
+) -> Decimal | str:
+    """The amount as an exact Decimal if it is in the account's currency (the ledger has one
+    currency and Tollgate never converts); else the outcome to record."""
+    account_currency = await repository.account_currency(session, account_id)
+    code = str(currency or "").upper()
+    if account_currency is None:
+        logger.warning("%s names account %s, which does not exist", source, account_id)
+        return "unknown_account"
+    if code != account_currency:
+        logger.error("%s is in %s, account %s is in %s", source, code, account_id, account_currency)
+        return "currency_mismatch"
+    return from_minor(_minor(amount_minor), code)

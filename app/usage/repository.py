@@ -1,0 +1,407 @@
+"""All SQL of the usage domain: the windowed usage query, the rollup job, job state and locks,
+and the reconciliation of balances, ledger and events.
+
+Statements are assembled only from the constant fragments below, never from input.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import TextClause, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+NIL_UUID = uuid.UUID(int=0)  # `usage_rollups.api_key_id` of events without a key
+ROLLUP_JOB = "usage_rollups"
+
+# Group-by field → its expression over usage_events (e) and over usage_rollups (r).
+_DIMENSIONS: Mapping[str, tuple[str, str]] = {
+    "model": ("e.model", "r.model"),
+    "api_key_id": ("e.api_key_id", "nullif(r.api_key_id, '00000000-0000-0000-0000-000000000000')"),
+    "user": ('e."user"', 'r."user"'),
+    "endpoint": ("e.endpoint", "r.endpoint"),
+    "user_id": ("e.account_id", "r.account_id"),
+}
+
+# Filter field → its condition over usage_events and over usage_rollups. `:f_<field>` holds
+# the wanted values; an absent api_key_id is wanted as the nil UUID, an absent user through
+# `:f_user_null`.
+_FILTERS: Mapping[str, tuple[str, str]] = {
+    "model": (
+        "e.model = ANY(CAST(:f_model AS text[]))",
+        "r.model = ANY(CAST(:f_model AS text[]))",
+    ),
+    "api_key_id": (
+        "coalesce(e.api_key_id, '00000000-0000-0000-0000-000000000000')"
+        " = ANY(CAST(:f_api_key_id AS uuid[]))",
+        "r.api_key_id = ANY(CAST(:f_api_key_id AS uuid[]))",
+    ),
+    "user": (
+        '(e."user" = ANY(CAST(:f_user AS text[])) OR (:f_user_null AND e."user" IS NULL))',
+        '(r."user" = ANY(CAST(:f_user AS text[])) OR (:f_user_null AND r."user" IS NULL))',
+    ),
+    "endpoint": (
+        "e.endpoint = ANY(CAST(:f_endpoint AS text[]))",
+        "r.endpoint = ANY(CAST(:f_endpoint AS text[]))",
+    ),
+    "user_id": (
+        "e.account_id = ANY(CAST(:f_user_id AS uuid[]))",
+        "r.account_id = ANY(CAST(:f_user_id AS uuid[]))",
+    ),
+}
+
+_EVENT_MEASURES = (
+    "1 AS requests, e.prompt_tokens, e.completion_tokens, e.images, e.search_requests, e.cost"
+)
+_ROLLUP_MEASURES = (
+    "r.requests, r.prompt_tokens, r.completion_tokens, r.images, r.search_requests, r.cost"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSelection:
+    """What one usage query reads. Events in [start, end) count. [rollup_start, rollup_end)
+    comes from rollups — hourly buckets for [hour_start, hour_end) inside it, 15-minute ones
+    for the rest — plus the events ingested since the watermark; everything else from raw
+    events. `window_starts` maps an instant to its window."""
+
+    start: datetime
+    end: datetime
+    rollup_start: datetime
+    rollup_end: datetime
+    hour_start: datetime
+    hour_end: datetime
+    window_starts: Sequence[datetime]
+    group_by: tuple[str, ...]
+    filters: Mapping[str, Sequence[Any]]
+    account_id: uuid.UUID | None  # None: every account (admin)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    window: int  # index into window_starts
+    group: tuple[Any, ...]  # values of group_by, in order
+    currency: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    images: int
+    search_requests: int
+    cost: Decimal
+
+
+CUSTOM_PLANS_SQL = text("SET LOCAL plan_cache_mode = force_custom_plan")
+
+
+@lru_cache(maxsize=256)
+def _usage_sql(group_by: tuple[str, ...], filters: tuple[str, ...], by_account: bool) -> TextClause:
+    def part(index: int, source: str) -> tuple[str, str]:
+        """(group-by select list, filter conditions) over one source, each ready to prefix."""
+        dims = "".join(f"{_DIMENSIONS[f][index]} AS g{i}, " for i, f in enumerate(group_by))
+        conditions = [_FILTERS[f][index] for f in filters]
+        if by_account:
+            conditions.insert(0, f"{source}.account_id = :account_id")
+        return dims, "".join(f"{c} AND " for c in conditions)
+
+    event_dims, event_where = part(0, "e")
+    rollup_dims, rollup_where = part(1, "r")
+    events = f"SELECT e.time AS t, {event_dims}e.currency, {_EVENT_MEASURES} FROM usage_events e"
+    rollups = f"SELECT r.bucket, {rollup_dims}r.currency, {_ROLLUP_MEASURES} FROM usage_rollups r"
+    groups = "".join(f"g{i}, " for i in range(len(group_by)))
+    # One statement, so the watermark, the rollups and the raw events are read in one snapshot:
+    # a rollup run committing meanwhile can neither hide nor double-count an event.
+    return text(
+        f"""
+        WITH mark AS (
+            SELECT coalesce(max(watermark), '-infinity') AS settled
+            FROM job_state WHERE name = '{ROLLUP_JOB}'
+        ), picked AS (
+            {events}
+            WHERE {event_where}e.time >= :start AND e.time < :rollup_start
+            UNION ALL
+            {events}
+            WHERE {event_where}e.time >= :rollup_end AND e.time < :end
+            UNION ALL
+            {events}
+            WHERE {event_where}e.time >= :rollup_start AND e.time < :rollup_end
+              AND e.ingested_at >= (SELECT settled FROM mark)
+            UNION ALL
+            {rollups}
+            WHERE {rollup_where}r.bucket_minutes = 60
+              AND r.bucket >= :hour_start AND r.bucket < :hour_end
+            UNION ALL
+            {rollups}
+            WHERE {rollup_where}r.bucket_minutes = 15
+              AND r.bucket >= :rollup_start AND r.bucket < :hour_start
+            UNION ALL
+            {rollups}
+            WHERE {rollup_where}r.bucket_minutes = 15
+              AND r.bucket >= :hour_end AND r.bucket < :rollup_end
+        )
+        SELECT width_bucket(t, CAST(:window_starts AS timestamptz[])) - 1 AS "window",
+               {groups}currency,
+               sum(requests)::bigint AS requests,
+               sum(prompt_tokens)::bigint AS input_tokens,
+               sum(completion_tokens)::bigint AS output_tokens,
+               sum(images)::bigint AS images,
+               sum(search_requests)::bigint AS search_requests,
+               sum(cost) AS cost
+        FROM picked
+        GROUP BY 1, {groups}currency
+        """
+    )
+
+
+async def usage_rows(connection: AsyncConnection, selection: UsageSelection) -> list[UsageRow]:
+    params: dict[str, Any] = {
+        "start": selection.start,
+        "end": selection.end,
+        "rollup_start": selection.rollup_start,
+        "rollup_end": selection.rollup_end,
+        "hour_start": selection.hour_start,
+        "hour_end": selection.hour_end,
+        "window_starts": list(selection.window_starts),
+    }
+    if selection.account_id is not None:
+        params["account_id"] = selection.account_id
+    for field, values in selection.filters.items():
+        if field == "user":
+            params["f_user"] = [v for v in values if v is not None]
+            params["f_user_null"] = None in values
+        elif field == "api_key_id":
+            params["f_api_key_id"] = [NIL_UUID if v is None else v for v in values]
+        else:
+            params[f"f_{field}"] = list(values)
+    statement = _usage_sql(
+        selection.group_by, tuple(sorted(selection.filters)), selection.account_id is not None
+    )
+    # A prepared statement switches to a generic plan after five runs; for this one that plan
+    # cannot prune partitions or size the ranges and runs about twice as long. Planning it for
+    # its parameters costs a millisecond.
+    await connection.execute(CUSTOM_PLANS_SQL)
+    width = len(selection.group_by)
+    return [
+        UsageRow(
+            window=row.window,
+            group=tuple(row[1 : 1 + width]),
+            currency=row.currency,
+            requests=row.requests,
+            input_tokens=row.input_tokens,
+            output_tokens=row.output_tokens,
+            images=row.images,
+            search_requests=row.search_requests,
+            cost=row.cost,
+        )
+        for row in await connection.execute(statement, params)
+    ]
+
+
+# ── Rollups ──────────────────────────────────────────────────────────────────────────────────
+
+WATERMARK_SQL = text(f"SELECT watermark FROM job_state WHERE name = '{ROLLUP_JOB}' FOR UPDATE")
+
+# Events carry `ingested_at = now()`, their transaction's start, and become visible only at its
+# commit, which may come later. The horizon is therefore the start of the oldest transaction
+# still open in this database (pg_stat_activity.xact_start is that same timestamp), capped a
+# little before now for a transaction that began but has not yet published its start: every
+# event stamped before the horizon is committed (or gone) and visible to the next statement.
+HORIZON_SQL = text(
+    """
+    SELECT least(
+        clock_timestamp() - make_interval(secs => :lag),
+        (SELECT min(xact_start) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND backend_type = 'client backend' AND xact_start IS NOT NULL)
+    )
+    """
+)
+
+# Adds the events ingested in [since, until) to their buckets of each width; a late event lands
+# in its old buckets. Runs in the same transaction as the watermark moving to `until`, so every
+# event is added exactly once.
+FOLD_SQL = text(
+    """
+    WITH fresh AS (
+        SELECT account_id, time, model, endpoint,
+               coalesce(api_key_id, '00000000-0000-0000-0000-000000000000') AS api_key_id,
+               coalesce(substring(sha256(convert_to("user", 'UTF8')) FROM 1 FOR 16), '')
+                   AS user_key,
+               currency, "user", prompt_tokens, cached_tokens, completion_tokens, images,
+               search_requests, audio_seconds, cost
+        FROM usage_events
+        WHERE ingested_at >= coalesce(CAST(:since AS timestamptz), '-infinity')
+          AND ingested_at < :until
+    ), delta AS (
+        SELECT f.account_id, w.minutes AS bucket_minutes,
+               date_bin(make_interval(mins => w.minutes), f.time,
+                        TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
+               f.model, f.endpoint, f.api_key_id, f.user_key, f.currency,
+               min(f."user") AS "user",
+               count(*) AS requests,
+               sum(f.prompt_tokens) AS prompt_tokens,
+               sum(f.cached_tokens) AS cached_tokens,
+               sum(f.completion_tokens) AS completion_tokens,
+               sum(f.images) AS images,
+               sum(f.search_requests) AS search_requests,
+               sum(f.audio_seconds) AS audio_seconds,
+               sum(f.cost) AS cost
+        FROM fresh f CROSS JOIN (VALUES (15), (60)) AS w(minutes)
+        GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+    ), folded AS (
+        INSERT INTO usage_rollups AS r (
+            account_id, bucket_minutes, bucket, model, endpoint, api_key_id, user_key, currency,
+            "user", requests, prompt_tokens, cached_tokens, completion_tokens, images,
+            search_requests, audio_seconds, cost
+        )
+        SELECT * FROM delta
+        ON CONFLICT (
+            account_id, bucket_minutes, bucket, model, endpoint, api_key_id, user_key, currency
+        )
+        DO UPDATE SET
+            requests = r.requests + excluded.requests,
+            prompt_tokens = r.prompt_tokens + excluded.prompt_tokens,
+            cached_tokens = r.cached_tokens + excluded.cached_tokens,
+            completion_tokens = r.completion_tokens + excluded.completion_tokens,
+            images = r.images + excluded.images,
+            search_requests = r.search_requests + excluded.search_requests,
+            audio_seconds = r.audio_seconds + excluded.audio_seconds,
+            cost = r.cost + excluded.cost
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM folded) AS buckets,
+           (SELECT coalesce(sum(requests), 0) FROM delta WHERE bucket_minutes = 15) AS events
+    """
+)
+
+SET_WATERMARK_SQL = text(
+    """
+    INSERT INTO job_state (name, watermark, ran_at) VALUES (:name, :watermark, now())
+    ON CONFLICT (name) DO UPDATE SET watermark = excluded.watermark, ran_at = excluded.ran_at
+    """
+)
+
+
+async def rollup_watermark(connection: AsyncConnection) -> datetime | None:
+    """The rollup watermark, locked for this transaction; None before the first run."""
+    watermark: datetime | None = await connection.scalar(WATERMARK_SQL)
+    return watermark
+
+
+async def settled_horizon(connection: AsyncConnection, lag_seconds: float) -> datetime:
+    horizon: datetime = await connection.scalar(HORIZON_SQL, {"lag": lag_seconds})
+    return horizon
+
+
+async def fold_events(
+    connection: AsyncConnection, since: datetime | None, until: datetime
+) -> tuple[int, int]:
+    """(bucket rows written, events folded) for the events ingested in [since, until)."""
+    row = (await connection.execute(FOLD_SQL, {"since": since, "until": until})).one()
+    return int(row.buckets), int(row.events)
+
+
+async def set_rollup_watermark(connection: AsyncConnection, watermark: datetime) -> None:
+    await connection.execute(SET_WATERMARK_SQL, {"name": ROLLUP_JOB, "watermark": watermark})
+
+
+# ── Scheduled jobs ───────────────────────────────────────────────────────────────────────────
+
+TRY_LOCK_SQL = text("SELECT pg_try_advisory_xact_lock(:key)")
+
+SAVE_RESULT_SQL = text(
+    """
+    INSERT INTO job_state (name, ran_at, result) VALUES (:name, now(), CAST(:result AS jsonb))
+    ON CONFLICT (name) DO UPDATE SET ran_at = excluded.ran_at, result = excluded.result
+    """
+)
+
+RESULT_SQL = text("SELECT ran_at, result FROM job_state WHERE name = :name")
+
+
+async def try_job_lock(connection: AsyncConnection, key: int) -> bool:
+    """Take the transaction-scoped advisory lock `key` if it is free."""
+    return bool(await connection.scalar(TRY_LOCK_SQL, {"key": key}))
+
+
+async def save_job_result(connection: AsyncConnection, name: str, result_json: str) -> None:
+    await connection.execute(SAVE_RESULT_SQL, {"name": name, "result": result_json})
+
+
+async def job_result(
+    connection: AsyncConnection, name: str
+) -> tuple[datetime | None, dict[str, Any] | None]:
+    row = (await connection.execute(RESULT_SQL, {"name": name})).one_or_none()
+    return (None, None) if row is None else (row.ran_at, row.result)
+
+
+# ── Reconciliation ───────────────────────────────────────────────────────────────────────────
+
+# One statement, one snapshot: every write moves an account's totals in the same transaction as
+# its ledger entry or event, so any difference seen here is a real one, never a race.
+RECONCILE_SQL = text(
+    """
+    WITH ledger AS (
+        SELECT account_id,
+               sum(amount) AS total,
+               coalesce(-sum(amount) FILTER (WHERE kind = 'usage'), 0) AS usage
+        FROM ledger_entries GROUP BY account_id
+    ), events AS (
+        SELECT account_id, sum(cost) AS cost FROM usage_events GROUP BY account_id
+    ), holds AS (
+        SELECT account_id, sum(amount) AS amount FROM holds GROUP BY account_id
+    )
+    SELECT a.id AS account_id,
+           a.balance, coalesce(l.total, 0) AS ledger_total,
+           a.total_usage, coalesce(l.usage, 0) AS ledger_usage, coalesce(e.cost, 0) AS event_cost,
+           a.held, coalesce(h.amount, 0) AS holds_total
+    FROM accounts a
+    LEFT JOIN ledger l ON l.account_id = a.id
+    LEFT JOIN events e ON e.account_id = a.id
+    LEFT JOIN holds h ON h.account_id = a.id
+    WHERE a.balance <> coalesce(l.total, 0)
+       OR a.total_usage <> coalesce(l.usage, 0)
+       OR a.total_usage <> coalesce(e.cost, 0)
+       OR a.held <> coalesce(h.amount, 0)
+    ORDER BY a.id
+    """
+)
+
+ACCOUNT_COUNT_SQL = text("SELECT count(*) FROM accounts")
+
+
+@dataclass(frozen=True, slots=True)
+class AccountTotals:
+    account_id: uuid.UUID
+    balance: Decimal
+    ledger_total: Decimal
+    total_usage: Decimal
+    ledger_usage: Decimal
+    event_cost: Decimal
+    held: Decimal
+    holds_total: Decimal
+
+
+async def mismatched_accounts(connection: AsyncConnection) -> tuple[int, list[AccountTotals]]:
+    """(accounts checked, the accounts whose totals disagree with their ledger, events or
+    holds)."""
+    rows = await connection.execute(RECONCILE_SQL)
+    mismatched = [
+        AccountTotals(
+            account_id=row.account_id,
+            balance=row.balance,
+            ledger_total=row.ledger_total,
+            total_usage=row.total_usage,
+            ledger_usage=row.ledger_usage,
+            event_cost=row.event_cost,
+            held=row.held,
+            holds_total=row.holds_total,
+        )
+        for row in rows
+    ]
+    return int(await connection.scalar(ACCOUNT_COUNT_SQL) or 0), mismatched

@@ -1,0 +1,243 @@
+"""Gateway overhead: the same requests direct to a fast upstream and through the gateway.
+
+    python bench/gateway_overhead.py [--requests 2000] [--seconds 10] [--commit-per-request]
+
+Starts, as separate processes on loopback: the built-in echo upstream and one gateway process
+(uvicorn, uvloop, httptools) on a fresh database (DATABASE_URL's server, else the embedded
+one), with metering on: every gateway request holds credit, is rate limited and commits its
+usage event durably before its response ends.
+
+Concurrency 1: requests alternate direct / gateway (A B A B), so drift of the machine cancels;
+reports p50/p99 of each and the added latency (non-stream: full response; stream: first and
+last byte). Concurrency 32: requests per second for each, and the usage writer's commits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.config import BUNDLED_PRICING_DIR
+from app.db import migrate
+from tests.support import database
+from tests.support.process import free_port
+
+ADMIN = "bench-admin"
+BODY = {"model": "llama-3.1-8b", "messages": [{"role": "user", "content": "Say this is a test!"}]}
+BENCH_TIERS = """basis = "purchased"
+[[tier]]
+name = "bench"
+min_total = "0"
+rpm = 100_000_000
+tpm = 100_000_000_000
+"""
+
+
+def spawn(module: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            module,
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env={**os.environ, **env},
+    )
+
+
+def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not start")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def timed(client: httpx.AsyncClient, url: str, stream: bool) -> tuple[float, float]:
+    """(first byte, last byte) in ms."""
+    body = {**BODY, "stream": stream}
+    start = time.perf_counter()
+    first = 0.0
+    async with client.stream("POST", url, json=body) as response:
+        async for _ in response.aiter_raw():
+            if not first:
+                first = time.perf_counter()
+        if response.status_code != 200:
+            raise RuntimeError(f"{url}: {response.status_code}")
+    end = time.perf_counter()
+    return (first - start) * 1000, (end - start) * 1000
+
+
+async def latency(
+    direct: str, gateway: str, key: str, n: int, stream: bool
+) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {
+        "direct_first": [],
+        "direct_last": [],
+        "gw_first": [],
+        "gw_last": [],
+    }
+    async with (
+        httpx.AsyncClient(timeout=30) as d,
+        httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {key}"}) as g,
+    ):
+        for _ in range(50):  # warm both paths
+            await timed(d, direct, stream)
+            await timed(g, gateway, stream)
+        for _ in range(n):
+            first, last = await timed(d, direct, stream)
+            results["direct_first"].append(first)
+            results["direct_last"].append(last)
+            first, last = await timed(g, gateway, stream)
+            results["gw_first"].append(first)
+            results["gw_last"].append(last)
+    return results
+
+
+async def throughput(url: str, key: str | None, seconds: float, concurrency: int) -> float:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    done = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=30, headers=headers, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                response = await client.post(url, json=BODY)
+                if response.status_code != 200:
+                    raise RuntimeError(response.text)
+                done += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.perf_counter() - start)
+
+
+def commits(gateway: str) -> float:
+    text = httpx.get(f"{gateway}/metrics").text
+    for line in text.splitlines():
+        if line.startswith("tollgate_usage_commits_total"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def main(args: argparse.Namespace) -> None:
+    server, source = await database.server_url()
+    database_url = await database.create_database(server)
+    await asyncio.to_thread(migrate.upgrade, database_url)
+    pricing = Path(tempfile.mkdtemp(prefix="tollgate-bench-pricing-"))
+    for table in BUNDLED_PRICING_DIR.glob("*.toml"):
+        if table.name != "tiers.toml":
+            shutil.copy(table, pricing / table.name)
+    (pricing / "tiers.toml").write_text(BENCH_TIERS)  # limits high enough not to interfere
+
+    upstream_port, gateway_port = free_port(), free_port()
+    direct = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+    gateway = f"http://127.0.0.1:{gateway_port}"
+    processes = [
+        spawn("app.gateway.echo:create_echo_app", upstream_port, {}),
+        spawn(
+            "app.main:create_app",
+            gateway_port,
+            {
+                "DATABASE_URL": database_url,
+                "TOLLGATE_ADMIN_TOKEN": ADMIN,
+                "UPSTREAM_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+                "UPSTREAM_API_KEY": "bench",
+                "TOLLGATE_PRICING_DIR": str(pricing),
+                "TOLLGATE_SCHEDULER": "false",
+                "TOLLGATE_WRITER_MAX_BATCH": "1" if args.commit_per_request else "1000",
+            },
+        ),
+    ]
+    try:
+        wait_ready(f"http://127.0.0.1:{upstream_port}/v1/models")
+        wait_ready(f"{gateway}/healthz")
+        admin = httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {ADMIN}"})
+        account = admin.post("/admin/accounts", json={"name": "bench"}).json()
+        admin.post(
+            f"/admin/accounts/{account['id']}/credits",
+            json={"amount": "1000000", "reference": str(uuid.uuid4())},
+        )
+        key = admin.post(f"/admin/accounts/{account['id']}/keys", json={}).json()["key"]
+        print(f"database: {source}; upstream: built-in echo; one gateway process, metering on\n")
+
+        for stream in (False, True):
+            r = await latency(direct, f"{gateway}/v1/chat/completions", key, args.requests, stream)
+            label = "stream" if stream else "non-stream"
+            rows = [("last byte", "direct_last", "gw_last")]
+            if stream:
+                rows.insert(0, ("first byte", "direct_first", "gw_first"))
+            for what, d, g in rows:
+                added50 = pct(r[g], 0.5) - pct(r[d], 0.5)
+                added99 = pct(r[g], 0.99) - pct(r[d], 0.99)
+                print(
+                    f"c=1 {label:<10} {what:<10} direct p50 {pct(r[d], 0.5):6.2f} ms"
+                    f" p99 {pct(r[d], 0.99):6.2f} | gateway p50 {pct(r[g], 0.5):6.2f} ms"
+                    f" p99 {pct(r[g], 0.99):6.2f} | added p50 {added50:5.2f} ms"
+                    f" p99 {added99:5.2f} ms (mean {statistics.mean(r[g]) - statistics.mean(r[d]):.2f})"
+                )
+
+        before = commits(gateway)
+        rps_direct = await throughput(direct, None, args.seconds, 32)
+        start = time.perf_counter()
+        rps_gateway = await throughput(f"{gateway}/v1/chat/completions", key, args.seconds, 32)
+        elapsed = time.perf_counter() - start
+        made = commits(gateway) - before
+        print(
+            f"\nc=32 direct {rps_direct:7.0f} req/s | gateway {rps_gateway:7.0f} req/s metered"
+            f" | {made / elapsed:.0f} commits/s ({rps_gateway * elapsed / max(made, 1):.1f}"
+            " requests per commit)"
+        )
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=15)
+        await database.drop_database(server, database_url)
+        shutil.rmtree(pricing, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--commit-per-request",
+        action="store_true",
+        help="turn group commit off: one usage commit per request",
+    )
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,39 @@
+"""A gateway with the billing routes registered, pointed at the fake Stripe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Litestar
+
+from app.invoices.routes import admin_invoice_routes, invoice_routes
+from app.main import create_app
+from app.payments.routes import payment_routes
+from tests.conftest import make_settings
+from tests.support.fake_stripe import FakeStripe
+from tests.support.live import LiveServer
+
+WEBHOOK_SECRET = "whsec_test_tollgate"
+PUBLIC_URL = "https://gateway.example"
+
+
+def billing_app(database_url: str, fake: FakeStripe | None, **overrides: Any) -> Litestar:
+    stripe: dict[str, Any] = (
+        {
+            "STRIPE_API_KEY": fake.api_key,
+            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "STRIPE_API_BASE": fake.url,
+        }
+        if fake is not None
+        else {}
+    )
+    app = create_app(
+        make_settings(database_url, TOLLGATE_PUBLIC_URL=PUBLIC_URL, **stripe, **overrides)
+    )
+    for handler in (*payment_routes, *invoice_routes, admin_invoice_routes):
+        app.register(handler)
+    return app
+
+
+def start(app: Litestar) -> LiveServer:
+    return LiveServer(app).start()
