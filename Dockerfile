@@ -5,7 +5,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY migrations ./migrations
 COPY pricing ./pricing
-RUN pip install .
+RUN pip install -e .  # editable: pricing/ and migrations/ are found beside app/
 RUN useradd --system tollgate
 USER tollgate
 EXPOSE 8080

@@ -10,10 +10,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# Symlinks in the source tree, copied into the wheel: found relative to the installed package,
-# never the working directory.
-BUNDLED_PRICING_DIR = PACKAGE_DIR / "_bundled" / "pricing"
-BUNDLED_MIGRATIONS_DIR = PACKAGE_DIR / "_bundled" / "migrations"
+# The project's top-level `pricing/` and `migrations/`, found beside the package (the project is
+# installed editable, also in the Docker image), never from the working directory.
+DEFAULT_PRICING_DIR = PACKAGE_DIR.parent / "pricing"
+MIGRATIONS_DIR = PACKAGE_DIR.parent / "migrations"
 
 
 class Settings(BaseSettings):
@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     data_dir: Path = Field(default=Path(".tollgate"), validation_alias="TOLLGATE_DATA_DIR")
     admin_token: str | None = Field(default=None, validation_alias="TOLLGATE_ADMIN_TOKEN")
-    pricing_dir: Path = Field(default=BUNDLED_PRICING_DIR, validation_alias="TOLLGATE_PRICING_DIR")
+    pricing_dir: Path = Field(default=DEFAULT_PRICING_DIR, validation_alias="TOLLGATE_PRICING_DIR")
 
     upstream_base_url: str | None = Field(default=None, validation_alias="UPSTREAM_BASE_URL")
     upstream_api_key: str | None = Field(default=None, validation_alias="UPSTREAM_API_KEY")

@@ -30,7 +30,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.config import BUNDLED_PRICING_DIR
+from app.config import DEFAULT_PRICING_DIR
 from app.db import migrate
 from tests.support import database
 from tests.support.process import free_port
@@ -160,7 +160,7 @@ async def main(args: argparse.Namespace) -> None:
     database_url = await database.create_database(server)
     await asyncio.to_thread(migrate.upgrade, database_url)
     pricing = Path(tempfile.mkdtemp(prefix="tollgate-bench-pricing-"))
-    for table in BUNDLED_PRICING_DIR.glob("*.toml"):
+    for table in DEFAULT_PRICING_DIR.glob("*.toml"):
         if table.name != "tiers.toml":
             shutil.copy(table, pricing / table.name)
     (pricing / "tiers.toml").write_text(BENCH_TIERS)  # limits high enough not to interfere

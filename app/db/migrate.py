@@ -5,12 +5,12 @@ from __future__ import annotations
 from alembic import command
 from alembic.config import Config
 
-from app.config import BUNDLED_MIGRATIONS_DIR
+from app.config import MIGRATIONS_DIR
 
 
 def alembic_config(database_url: str) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(BUNDLED_MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolation would choke on a `%` in a password.
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     return config

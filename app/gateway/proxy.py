@@ -28,7 +28,13 @@ from app.accounts.auth import KeyAuthenticator, Principal
 from app.config import Settings
 from app.credits.holds import HoldKeeper
 from app.credits.tiers import TierTable
-from app.errors import InsufficientQuota, InvalidRequest, UpstreamTimeout, UpstreamUnavailable
+from app.errors import (
+    InsufficientQuota,
+    InvalidRequest,
+    TollgateError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from app.gateway import requests as rq
 from app.gateway.relay import DONE_EVENT, SseInspector
 from app.gateway.upstreams import Router
@@ -288,6 +294,10 @@ class Gateway:
                 await self._settle(call, usage, outcome)
             if outcome == "client_disconnected":
                 return
+            if outcome in _STREAM_FAILURES:
+                # As OpenAI does mid-stream: an error event and no `[DONE]`, so SDKs raise.
+                await send({"type": "http.response.body", "body": _STREAM_FAILURES[outcome]})
+                return
             if inspector.saw_done:
                 await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -345,6 +355,16 @@ async def _inspect_multipart(request: Request[Any, Any, Any], size: int) -> rq.P
             "Missing required parameter: 'file'.", param="file", code="missing_field"
         )
     return rq.inspect_transcription(fields, size)
+
+
+def _error_event(error: TollgateError) -> bytes:
+    return b"data: " + _encode({"error": error.body()["error"]}) + b"\n\n"
+
+
+_STREAM_FAILURES = {
+    "upstream_broken": _error_event(UpstreamUnavailable("The upstream connection broke mid-stream.")),
+    "upstream_timeout": _error_event(UpstreamTimeout("The upstream stopped answering mid-stream.")),
+}
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 import msgspec
 
+from app.gateway.tokens import TextTally
+
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 DONE_EVENT = b"data: [DONE]\n\n"
 
@@ -23,7 +25,7 @@ class SseInspector:
     def __init__(self, *, client_wants_usage: bool) -> None:
         self.client_wants_usage = client_wants_usage
         self.usage: dict[str, Any] | None = None
-        self.text: list[str] = []
+        self.delivered = TextTally()  # tokens of the text delivered, in case of no usage
         self.saw_done = False
         self.events = 0  # data events carrying output, for "did the upstream produce anything"
         self._pending = b""
@@ -83,14 +85,16 @@ class SseInspector:
     def _collect_text(self, choice: Any) -> None:
         if not isinstance(choice, dict):
             return
+        index = choice.get("index")
+        index = index if isinstance(index, int) else 0
         delta = choice.get("delta")
         if isinstance(delta, dict):
             for field in ("content", "reasoning_content", "refusal"):
                 value = delta.get(field)
                 if isinstance(value, str):
-                    self.text.append(value)
+                    self.delivered.add(index, value)
         elif isinstance(choice.get("text"), str):
-            self.text.append(choice["text"])
+            self.delivered.add(index, choice["text"])
 
 
 def _data_of(event: bytes) -> bytes | None:

@@ -27,6 +27,36 @@ def count_text(text: str) -> int:
     return len(encoding().encode_ordinary(text))
 
 
+class TextTally:
+    """Tokens of text that arrives in pieces, counted as it comes so a long stream is never kept.
+
+    Pieces are counted in runs of a few thousand characters cut at whitespace, so almost no
+    token is split between two runs; each choice (`index`) is tallied on its own.
+    """
+
+    RUN = 8192
+
+    def __init__(self) -> None:
+        self.counted = 0
+        self._open: dict[int, list[str]] = {}
+        self._open_length: dict[int, int] = {}
+
+    def add(self, index: int, piece: str) -> None:
+        pieces = self._open.setdefault(index, [])
+        pieces.append(piece)
+        length = self._open_length.get(index, 0) + len(piece)
+        if length >= self.RUN:
+            text = "".join(pieces)
+            cut = max(text.rfind(" "), text.rfind("\n")) + 1 or len(text)
+            self.counted += count_text(text[:cut])
+            pieces[:] = [text[cut:]] if cut < len(text) else []
+            length = len(text) - cut
+        self._open_length[index] = length
+
+    def total(self) -> int:
+        return self.counted + sum(count_text("".join(pieces)) for pieces in self._open.values())
+
+
 def count_messages(messages: list[Any]) -> tuple[int, int]:
     """(prompt tokens, image_url parts) of a chat `messages` array."""
     tokens = TOKENS_PER_REPLY

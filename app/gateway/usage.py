@@ -3,6 +3,7 @@ from the gateway's own count otherwise (`usage_source = "estimated"`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,7 @@ def estimate_usage(request: rq.ProxyRequest) -> Usage:
 
 
 def _token_usage(
-    request: rq.ProxyRequest, reported: dict[str, Any] | None, delivered: list[str]
+    request: rq.ProxyRequest, reported: dict[str, Any] | None, delivered_tokens: Callable[[], int]
 ) -> MeteredUsage:
     if reported is not None and isinstance(reported.get("prompt_tokens"), int):
         details = reported.get("prompt_tokens_details")
@@ -61,7 +62,7 @@ def _token_usage(
         Usage(
             endpoint=request.endpoint,
             prompt_tokens=request.prompt_tokens,
-            completion_tokens=sum(tokens.count_text(text) for text in delivered),
+            completion_tokens=delivered_tokens(),
             images_in=request.images_in,
         ),
         "estimated",
@@ -75,7 +76,7 @@ def _count(value: object) -> int:
 def usage_from_stream(
     request: rq.ProxyRequest, resolved: ResolvedModel, inspector: SseInspector
 ) -> MeteredUsage:
-    return _token_usage(request, inspector.usage, inspector.text)
+    return _token_usage(request, inspector.usage, inspector.delivered.total)
 
 
 def usage_from_body(
@@ -123,4 +124,4 @@ def usage_from_body(
                 delivered.append(message["content"])
             elif isinstance(choice.get("text"), str):
                 delivered.append(choice["text"])
-    return _token_usage(request, reported, delivered)
+    return _token_usage(request, reported, lambda: sum(map(tokens.count_text, delivered)))

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.credits.holds import HoldKeeper
 from tests.conftest import ADMIN_TOKEN, Gateways, new_account_with_key
 from tests.gateway.conftest import FIXTURE_PRICING, events, totals
 from tests.support.live import LiveServer
@@ -26,9 +26,10 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 @pytest.fixture(scope="module")
 def redis_url() -> str:
+    where = urlsplit(REDIS_URL)
     try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError:
+        socket.create_connection((where.hostname, where.port or 6379), timeout=1).close()
+    except OSError:
         pytest.skip(f"no Redis at {REDIS_URL}")
     return REDIS_URL
 
@@ -137,9 +138,12 @@ async def test_killing_a_gateway_loses_no_usage_and_leaves_no_hold(
     assert len(found) == 5
     stranded = await totals(clean_db, account["id"])
     assert stranded.holds == 5  # left by the dead process...
-    await asyncio.sleep(1.2)
-    assert await HoldKeeper(clean_db).maintain_once() == 1  # ...until their lease ran out
-    after = await totals(clean_db, account["id"])
+    # ...until their 1 s lease runs out and the surviving instance sweeps them.
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        after = await totals(clean_db, account["id"])
+        if after.holds == 0:
+            break
     assert after.held == 0 and after.holds == 0
     assert after.balance == after.ledger == Decimal("10") - sum(e.cost for e in found)
     assert (await stream(survivor.url, 2)) is True

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.config import BUNDLED_PRICING_DIR
+from app.config import DEFAULT_PRICING_DIR
 from app.metering.schemas import Settlement, UsageEventRecord
 from app.metering.writer import UsageWriter
 from app.pricing import Usage, charge_to_json, load_catalog, price
@@ -20,7 +20,7 @@ from tests.conftest import ADMIN_TOKEN
 from tests.payments.apps import billing_app, start
 from tests.support.live import LiveServer
 
-CATALOG = load_catalog(BUNDLED_PRICING_DIR)
+CATALOG = load_catalog(DEFAULT_PRICING_DIR)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.config import BUNDLED_PRICING_DIR
+from app.config import DEFAULT_PRICING_DIR
 from app.jobs import Job, run_job
 from app.main import create_app
 from app.metering.ingest import ingest_events
@@ -55,7 +55,7 @@ def usage_servers(
 ) -> Iterator[dict[str, LiveServer]]:
     pricing = tmp_path_factory.mktemp("pricing")
     for name in ("camocopy-2025-01-01.toml", "tiers.toml"):
-        shutil.copy(BUNDLED_PRICING_DIR / name, pricing / name)
+        shutil.copy(DEFAULT_PRICING_DIR / name, pricing / name)
     (pricing / "later-2025-06-01.toml").write_text(LATER_PRICES, encoding="utf-8")
     servers = {
         "default": LiveServer(usage_app(database_url)).start(),

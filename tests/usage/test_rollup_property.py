@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.accounts import service as accounts
-from app.config import BUNDLED_PRICING_DIR
+from app.config import DEFAULT_PRICING_DIR
 from app.metering import repository as metering
 from app.metering.schemas import Settlement, UsageEventRecord
 from app.pricing import load_catalog
@@ -27,7 +27,7 @@ from app.usage.schemas import ADMIN_GROUP_FIELDS, GROUP_FIELDS, UsageQuery, pars
 from app.usage.windows import format_instant
 from tests.usage.conftest import roll_up_now
 
-CATALOG = load_catalog(BUNDLED_PRICING_DIR)
+CATALOG = load_catalog(DEFAULT_PRICING_DIR)
 # Regions the events fall in: Berlin's and Los Angeles' fall-back days, and an ordinary one.
 ORIGINS = [
     datetime(2025, 10, 25, 20, tzinfo=UTC),
