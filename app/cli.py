@@ -226,8 +226,31 @@ def pricing_check(as_json: bool) -> None:
     click.echo(render_catalog_table(catalog))
     click.echo(f"\nTiers (by cumulative {tiers.basis}):")
     for row in tier_rows:
-        click.echo(f"  {row['name']:<12} from {row['min_total']:>6}  {row['rpm']:>5} RPM  {row['tpm']:>9,} TPM")
+        click.echo(
+            f"  {row['name']:<12} from {row['min_total']:>6}"
+            f"  {row['rpm']:>5} RPM  {row['tpm']:>9,} TPM"
+        )
     click.echo(f"\nOK: {settings.pricing_dir}")
+
+
+@main.group()
+def invoices() -> None:
+    """Monthly invoices."""
+
+
+@invoices.command(name="run")
+@click.option("--period", required=True, help="The month to invoice, YYYY-MM (UTC).")
+@json_option
+def invoices_run(period: str, as_json: bool) -> None:
+    """Issue the invoices of a month that has ended (running it again changes nothing)."""
+    from app.invoices.tasks import describe_run, run_period_blocking
+
+    settings = load_settings()
+    try:
+        result = run_period_blocking(prepared_database(settings), settings, period)
+    except TollgateError as exc:
+        raise click.ClickException(exc.message) from exc
+    emit(as_json, result, describe_run(result))
 
 
 def _account_id(value: str) -> uuid.UUID:
@@ -236,6 +259,14 @@ def _account_id(value: str) -> uuid.UUID:
     except ValueError:
         raise click.BadParameter(f"{value!r} is not an account id") from None
 
+
+def _register_domain_commands() -> None:
+    from app.usage.cli import reconcile_command
+
+    main.add_command(reconcile_command)
+
+
+_register_domain_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -44,6 +44,26 @@ class Settings(BaseSettings):
     topup_min: Decimal = Field(default=Decimal("5.00"), validation_alias="TOLLGATE_TOPUP_MIN")
     topup_max: Decimal = Field(default=Decimal("10000.00"), validation_alias="TOLLGATE_TOPUP_MAX")
 
+    # Seller details printed on invoices; the address takes `|` between lines.
+    seller_name: str = Field(default="Tollgate", validation_alias="TOLLGATE_SELLER_NAME")
+    seller_address: str = Field(default="", validation_alias="TOLLGATE_SELLER_ADDRESS")
+    seller_vat_id: str | None = Field(default=None, validation_alias="TOLLGATE_SELLER_VAT_ID")
+    seller_email: str | None = Field(default=None, validation_alias="TOLLGATE_SELLER_EMAIL")
+    # A month is invoiced this long after it ends, so late usage still lands on its invoice.
+    invoice_grace_hours: float = Field(
+        default=72.0, ge=0, validation_alias="TOLLGATE_INVOICE_GRACE_HOURS"
+    )
+    auto_recharge_max_per_hour: int = Field(
+        default=3, ge=1, validation_alias="TOLLGATE_AUTO_RECHARGE_MAX_PER_HOUR"
+    )
+    # After a decline; doubles per consecutive decline up to the maximum.
+    auto_recharge_backoff_seconds: float = Field(
+        default=3600.0, ge=0, validation_alias="TOLLGATE_AUTO_RECHARGE_BACKOFF_SECONDS"
+    )
+    auto_recharge_backoff_max_seconds: float = Field(
+        default=86400.0, ge=0, validation_alias="TOLLGATE_AUTO_RECHARGE_BACKOFF_MAX_SECONDS"
+    )
+
     public_url: str | None = Field(default=None, validation_alias="TOLLGATE_PUBLIC_URL")
     default_max_tokens: int = Field(
         default=4096, ge=1, validation_alias="TOLLGATE_DEFAULT_MAX_TOKENS"

@@ -88,7 +88,6 @@ Press Ctrl+C to stop.
 
 def run_demo(*, port: int) -> None:
     from app.gateway.echo import create_echo_app
-
     from app.main import create_app
 
     base = load_settings()

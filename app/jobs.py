@@ -20,8 +20,12 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from litestar.datastructures import State
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.invoices.tasks import monthly_invoices_job
+from app.payments.inbox import retry_unprocessed_events
+from app.payments.runtime import auto_recharger, billing
 from app.usage import reconciliation, rollups
 from app.usage.partitions import maintain_partitions
 from app.usage.repository import try_job_lock
@@ -65,6 +69,27 @@ def default_jobs() -> list[Job]:
             exclusive=False,
             at_start=True,
         ),
+    ]
+
+
+def billing_jobs(state: State) -> list[Job]:
+    """Jobs of the billing domains. They write through their own sessions; the connection
+    they are given only holds the job's lock, so one instance does each run."""
+    sessionmaker = state.sessionmaker
+
+    async def invoices(_: AsyncConnection) -> object:
+        return await monthly_invoices_job(sessionmaker, billing(state))
+
+    async def recharges(_: AsyncConnection) -> object:
+        return await auto_recharger(state).run_due()
+
+    async def stripe_events(_: AsyncConnection) -> object:
+        return await retry_unprocessed_events(sessionmaker, billing(state))
+
+    return [
+        Job("monthly_invoices", IntervalTrigger(hours=1), invoices, at_start=True),
+        Job("auto_recharge", IntervalTrigger(minutes=1), recharges),
+        Job("stripe_event_retry", IntervalTrigger(minutes=5), stripe_events),
     ]
 
 

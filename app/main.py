@@ -29,11 +29,17 @@ from app.gateway.proxy import Gateway
 from app.gateway.routes import proxy_routes
 from app.gateway.upstreams import load_router
 from app.health import healthz
+from app.invoices.routes import admin_invoice_routes, invoice_routes
+from app.jobs import Scheduler, billing_jobs, default_jobs
 from app.limits.service import RateLimiter
+from app.metering.ingest import ingest_events
 from app.metering.writer import UsageWriter
 from app.middleware import add_request_id
+from app.payments import runtime as payments
+from app.payments.routes import payment_routes
 from app.pricing import load_catalog
 from app.pricing.routes import list_models, retrieve_model
+from app.usage.routes import usage_routes
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +78,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
             follow_redirects=False,
         )
-        writer = UsageWriter(engine, max_batch=settings.writer_max_batch)
+        writer = UsageWriter(
+            engine,
+            max_batch=settings.writer_max_batch,
+            on_commit=lambda charged: payments.auto_recharger(app.state).notify(charged),
+        )
         holds = HoldKeeper(engine, lease_seconds=settings.hold_lease_seconds)
         writer.start()
         holds.start()
@@ -87,11 +97,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
             tiers=tiers,
             writer=writer,
         )
+        scheduler = None
+        if settings.scheduler_enabled:
+            scheduler = Scheduler(engine, [*default_jobs(), *billing_jobs(app.state)])
+            scheduler.start()
         try:
             yield
         finally:
+            if scheduler is not None:
+                await scheduler.close()
             # Requests have drained (uvicorn waits for them); flush what they settled.
             await writer.close()
+            await payments.shutdown(app.state)
             await holds.close()
             await client.aclose()
             await engine.dispose()
@@ -112,6 +129,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             list_models,
             retrieve_model,
             *proxy_routes,
+            *usage_routes,
+            ingest_events,
+            *payment_routes,
+            *invoice_routes,
+            admin_invoice_routes,
         ],
         lifespan=[lifespan],
         middleware=[prometheus.middleware],

@@ -296,7 +296,8 @@ class Gateway:
                 return
             if outcome in _STREAM_FAILURES:
                 # As OpenAI does mid-stream: an error event and no `[DONE]`, so SDKs raise.
-                await send({"type": "http.response.body", "body": _STREAM_FAILURES[outcome]})
+                failure = _STREAM_FAILURES[outcome]
+                await send({"type": "http.response.body", "body": failure, "more_body": False})
                 return
             if inspector.saw_done:
                 await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": True})
@@ -362,7 +363,9 @@ def _error_event(error: TollgateError) -> bytes:
 
 
 _STREAM_FAILURES = {
-    "upstream_broken": _error_event(UpstreamUnavailable("The upstream connection broke mid-stream.")),
+    "upstream_broken": _error_event(
+        UpstreamUnavailable("The upstream connection broke mid-stream.")
+    ),
     "upstream_timeout": _error_event(UpstreamTimeout("The upstream stopped answering mid-stream.")),
 }
 

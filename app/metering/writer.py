@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from datetime import date
 
 from prometheus_client import Counter, Histogram
@@ -38,8 +39,16 @@ class WriterClosed(RuntimeError):
 
 
 class UsageWriter:
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_batch: int = 1000,
+        on_commit: Callable[[set[uuid.UUID]], None] | None = None,
+    ) -> None:
         self._max_batch = max_batch
+        # Told which accounts were charged by each commit (auto-recharge watches balances).
+        self._on_commit = on_commit
         # The settlement is a single statement, atomic on its own: autocommit spares the
         # BEGIN/COMMIT round trips.
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -108,6 +117,12 @@ class UsageWriter:
                 SETTLEMENTS.inc(len(settlements))
                 BATCH_SIZE.observe(len(settlements))
                 _resolve(futures, None)
+                if self._on_commit is not None:
+                    charged = {s.account_id for s in settlements if s.event is not None}
+                    try:
+                        self._on_commit(charged)
+                    except Exception:
+                        logger.exception("usage commit hook failed")
                 return
 
     async def _commit(self, settlements: Sequence[Settlement]) -> None:

@@ -58,13 +58,7 @@ class BillingConfig:
         return bool(self.stripe_api_key)
 
 
-def _setting(settings: Settings, name: str, default: Any) -> Any:
-    value = getattr(settings, name, None)
-    return default if value is None else value
-
-
 def billing_config(settings: Settings) -> BillingConfig:
-    address = _setting(settings, "seller_address", "")
     return BillingConfig(
         stripe_api_key=settings.stripe_api_key,
         stripe_webhook_secret=settings.stripe_webhook_secret,
@@ -72,23 +66,19 @@ def billing_config(settings: Settings) -> BillingConfig:
         public_url=settings.resolved_public_url,
         topup_min=settings.topup_min,
         topup_max=settings.topup_max,
-        recharge_max_per_hour=int(_setting(settings, "auto_recharge_max_per_hour", 3)),
-        recharge_backoff=timedelta(
-            seconds=float(_setting(settings, "auto_recharge_backoff_seconds", 3600))
-        ),
-        recharge_backoff_max=timedelta(
-            seconds=float(_setting(settings, "auto_recharge_backoff_max_seconds", 86400))
-        ),
-        invoice_grace=timedelta(hours=float(_setting(settings, "invoice_grace_hours", 72))),
+        recharge_max_per_hour=settings.auto_recharge_max_per_hour,
+        recharge_backoff=timedelta(seconds=settings.auto_recharge_backoff_seconds),
+        recharge_backoff_max=timedelta(seconds=settings.auto_recharge_backoff_max_seconds),
+        invoice_grace=timedelta(hours=settings.invoice_grace_hours),
         seller=Seller(
-            name=str(_setting(settings, "seller_name", "Tollgate")),
+            name=settings.seller_name,
             # One line per `|` or newline: environment variables are awkward with newlines.
             address=tuple(
                 part.strip()
-                for part in str(address).replace("|", "\n").splitlines()
+                for part in settings.seller_address.replace("|", "\n").splitlines()
                 if part.strip()
             ),
-            vat_id=_setting(settings, "seller_vat_id", None),
-            email=_setting(settings, "seller_email", None),
+            vat_id=settings.seller_vat_id,
+            email=settings.seller_email,
         ),
     )

@@ -35,7 +35,7 @@ async def test_embeddings(
     assert len(result.data) == 2
     tokens = await sdk.embeddings.create(model="test-embed", input=[[1, 2, 3, 4]])
     assert tokens.usage.prompt_tokens == 4
-    first, second = await events(clean_db, funded[0]["id"])
+    first, _ = await events(clean_db, funded[0]["id"])
     assert first.endpoint == "/v1/embeddings"
     assert first.prompt_tokens == result.usage.prompt_tokens
     assert first.completion_tokens == 0 and first.cost > 0

@@ -1,4 +1,4 @@
-"""A gateway with the billing routes registered, pointed at the fake Stripe."""
+"""A gateway pointed at the fake Stripe."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ from typing import Any
 
 from litestar import Litestar
 
-from app.invoices.routes import admin_invoice_routes, invoice_routes
 from app.main import create_app
-from app.payments.routes import payment_routes
 from tests.conftest import make_settings
 from tests.support.fake_stripe import FakeStripe
 from tests.support.live import LiveServer
@@ -27,12 +25,9 @@ def billing_app(database_url: str, fake: FakeStripe | None, **overrides: Any) ->
         if fake is not None
         else {}
     )
-    app = create_app(
+    return create_app(
         make_settings(database_url, TOLLGATE_PUBLIC_URL=PUBLIC_URL, **stripe, **overrides)
     )
-    for handler in (*payment_routes, *invoice_routes, admin_invoice_routes):
-        app.register(handler)
-    return app
 
 
 def start(app: Litestar) -> LiveServer:

@@ -16,13 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import DEFAULT_PRICING_DIR
 from app.jobs import Job, run_job
 from app.main import create_app
-from app.metering.ingest import ingest_events
 from app.usage.rollups import RollupRun, roll_up
-from app.usage.routes import usage_routes
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.support.live import LiveServer
-
-ROUTES = [*usage_routes, ingest_events]
 
 # A second price version from 2025-06-01 for the "rates in force at the event time" tests.
 LATER_PRICES = """
@@ -40,13 +36,7 @@ output = 0.60
 
 
 def usage_app(database_url: str, **overrides: Any) -> Litestar:
-    """The app with this issue's routes, whether or not `create_app` registers them yet."""
-    app = create_app(make_settings(database_url, **overrides))
-    registered = {route.path for route in app.routes}
-    for handler in ROUTES:
-        if not set(handler.paths) & registered:
-            app.register(handler)
-    return app
+    return create_app(make_settings(database_url, **overrides))
 
 
 @pytest.fixture(scope="session")
