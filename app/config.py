@@ -64,6 +64,15 @@ class Settings(BaseSettings):
         default=86400.0, ge=0, validation_alias="TOLLGATE_AUTO_RECHARGE_BACKOFF_MAX_SECONDS"
     )
 
+    # Signs the dashboard's session cookies and CSRF tokens. Unset: derived from the admin token,
+    # so every instance sharing that token accepts the same sessions; without either, random per
+    # process (sessions end on restart).
+    session_secret: str | None = Field(default=None, validation_alias="TOLLGATE_SESSION_SECRET")
+    # A dashboard sign-in lasts this long, however active the session.
+    session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 30, validation_alias="TOLLGATE_SESSION_HOURS"
+    )
+
     public_url: str | None = Field(default=None, validation_alias="TOLLGATE_PUBLIC_URL")
     default_max_tokens: int = Field(
         default=4096, ge=1, validation_alias="TOLLGATE_DEFAULT_MAX_TOKENS"

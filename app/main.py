@@ -20,6 +20,7 @@ from app.config import Settings, load_settings
 from app.credits.holds import HoldKeeper
 from app.credits.routes import get_account, get_credits
 from app.credits.tiers import load_tiers
+from app.dashboard.routes import dashboard_router
 from app.db import migrate
 from app.db.embedded import start_embedded_postgres
 from app.db.engine import create_engine, create_sessionmaker, provide_transaction
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *payment_routes,
             *invoice_routes,
             admin_invoice_routes,
+            dashboard_router,
         ],
         lifespan=[lifespan],
         middleware=[prometheus.middleware],

@@ -1,0 +1,1 @@
+"""The customer dashboard: server-rendered pages under `/dashboard` (SPEC 9)."""

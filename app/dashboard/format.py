@@ -1,0 +1,65 @@
+"""How the dashboard writes money, counts and times: pure functions, used as template filters.
+
+Money is shown with a dot, at least two decimals and the currency symbol (`€12.34`). Amounts
+from one cent up are rounded half-up to the cent; a non-zero amount below a cent keeps two
+significant digits (`€0.0064`), so a small cost never reads as `€0.00`. Pages put the exact
+amount in a `title` next to a rounded one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from app.money import money_str
+
+SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "JPY": "¥", "CHF": "CHF "}
+CENT = Decimal("0.01")
+
+
+def money(amount: Decimal | str, currency: str) -> str:
+    value = Decimal(amount)
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    if value == 0 or value >= CENT:
+        text = f"{value.quantize(CENT, rounding=ROUND_HALF_UP):,.2f}"
+    else:
+        # Two significant digits: 0.0064632 → 0.0065, 0.00000012 → 0.00000012.
+        places = -value.adjusted() + 1
+        text = f"{value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP):f}"
+    return f"{sign}{symbol(currency)}{text}"
+
+
+def exact_money(amount: Decimal | str, currency: str) -> str:
+    """Every decimal the ledger holds, e.g. for a `title`: `9.993616 EUR`."""
+    return f"{money_str(Decimal(amount))} {currency.upper()}"
+
+
+def symbol(currency: str) -> str:
+    code = currency.upper()
+    return SYMBOLS.get(code, f"{code} ")
+
+
+def count(value: int) -> str:
+    return f"{value:,}"
+
+
+def day(value: date) -> str:
+    """`Thu 7 May 2026`."""
+    return f"{value:%a} {value.day} {value:%b %Y}"
+
+
+def short_day(value: date) -> str:
+    """`7 May`."""
+    return f"{value.day} {value:%b}"
+
+
+def instant(value: datetime | None) -> str:
+    """`2026-05-07 14:03 UTC`, or an em dash for nothing."""
+    if value is None:
+        return "—"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def month_name(value: date) -> str:
+    return value.strftime("%B %Y")

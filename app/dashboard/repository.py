@@ -1,0 +1,79 @@
+"""The dashboard's own SQL: is a session's key still active (and whose account is it), and when
+was each key last used. Everything else the pages show is read through the other domains'
+services."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import Account, ApiKey
+
+
+async def active_account(
+    session: AsyncSession, key_id: uuid.UUID, account_id: uuid.UUID
+) -> tuple[str, str] | None:
+    """(account name, currency) if the key is unrevoked and still the account's; else None."""
+    row = (
+        await session.execute(
+            select(Account.name, Account.currency)
+            .join(ApiKey, ApiKey.account_id == Account.id)
+            .where(
+                ApiKey.id == key_id,
+                ApiKey.account_id == account_id,
+                ApiKey.revoked_at.is_(None),
+            )
+        )
+    ).one_or_none()
+    return (row.name, row.currency) if row else None
+
+
+# Keys don't record their last use (that would be a write per request on the hot path), so it is
+# read from usage: the newest hourly rollup bucket of each key narrowed to its exact newest
+# event, and the events ingested since the rollup watermark. Both are index range scans of this
+# account only.
+LAST_USED_SQL = text(
+    """
+    WITH mark AS (
+        SELECT coalesce(max(watermark), '-infinity') AS settled
+        FROM job_state WHERE name = 'usage_rollups'
+    ), rolled AS (
+        SELECT r.api_key_id, max(r.bucket) AS bucket
+        FROM usage_rollups r
+        WHERE r.account_id = :account_id AND r.bucket_minutes = 60
+          AND r.api_key_id = ANY(CAST(:key_ids AS uuid[]))
+        GROUP BY r.api_key_id
+    ), fresh AS (
+        SELECT e.api_key_id, max(e.time) AS used
+        FROM usage_events e
+        WHERE e.account_id = :account_id AND e.ingested_at >= (SELECT settled FROM mark)
+          AND e.api_key_id = ANY(CAST(:key_ids AS uuid[]))
+        GROUP BY e.api_key_id
+    ), exact AS (
+        SELECT rolled.api_key_id,
+               (SELECT max(e.time) FROM usage_events e
+                WHERE e.account_id = :account_id AND e.api_key_id = rolled.api_key_id
+                  AND e.time >= rolled.bucket AND e.time < rolled.bucket + interval '1 hour')
+                   AS used
+        FROM rolled
+    )
+    SELECT api_key_id, max(used) AS used
+    FROM (SELECT * FROM fresh UNION ALL SELECT * FROM exact) AS u
+    GROUP BY api_key_id
+    """
+)
+
+
+async def keys_last_used(
+    session: AsyncSession, account_id: uuid.UUID, key_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, datetime]:
+    if not key_ids:
+        return {}
+    rows = await session.execute(
+        LAST_USED_SQL, {"account_id": account_id, "key_ids": list(key_ids)}
+    )
+    return {row.api_key_id: row.used for row in rows if row.used is not None}
