@@ -7,10 +7,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
+import aiohttp
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
@@ -69,15 +70,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
         authenticator = KeyAuthenticator(sessionmaker, settings.key_cache_seconds)
         app.state.authenticator = authenticator
         await asyncio.to_thread(tokens.encoding)  # load the tokenizer before the first request
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=settings.upstream_connect_timeout,
-                read=settings.upstream_read_timeout,
-                write=settings.upstream_read_timeout,
-                pool=settings.upstream_connect_timeout,
+        # aiohttp rather than httpx: measured here (bench/), a third of the CPU per request at
+        # concurrency 1 and no collapse of its connection pool at concurrency 32.
+        client = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=2000, limit_per_host=0),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=settings.upstream_connect_timeout,
+                sock_read=settings.upstream_read_timeout,
             ),
-            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
-            follow_redirects=False,
+            auto_decompress=False,  # bytes are relayed as the upstream sent them
+            skip_auto_headers=("User-Agent",),  # the client's own passes through
         )
         writer = UsageWriter(
             engine,
@@ -111,7 +114,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await writer.close()
             await payments.shutdown(app.state)
             await holds.close()
-            await client.aclose()
+            await client.close()
             await engine.dispose()
 
     prometheus = PrometheusConfig(
@@ -141,6 +144,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         middleware=[prometheus.middleware],
         before_send=[add_request_id],
         exception_handlers={Exception: error_response},
+        logging_config=LoggingConfig(
+            # httpx (Stripe's client) logs every call at INFO: noise in the gateway's log.
+            loggers={"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+        ),
         dependencies={
             "principal": Provide(provide_principal),
             "db": Provide(provide_transaction),

@@ -7,6 +7,9 @@ Starts, as separate processes on loopback: the built-in echo upstream and one ga
 one), with metering on: every gateway request holds credit, is rate limited and commits its
 usage event durably before its response ends.
 
+The load generator is aiohttp's client: httpx's own pool collapses to ~120 req/s at
+concurrency 32 here and would measure itself.
+
 Concurrency 1: requests alternate direct / gateway (A B A B), so drift of the machine cancels;
 reports p50/p99 of each and the added latency (non-stream: full response; stream: first and
 last byte). Concurrency 32: requests per second for each, and the usage writer's commits.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import statistics
@@ -26,6 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,6 +42,9 @@ from tests.support.process import free_port
 
 ADMIN = "bench-admin"
 BODY = {"model": "llama-3.1-8b", "messages": [{"role": "user", "content": "Say this is a test!"}]}
+BODY_JSON = json.dumps(BODY).encode()
+BODY_STREAM = json.dumps({**BODY, "stream": True}).encode()
+JSON = {"content-type": "application/json"}
 BENCH_TIERS = """basis = "purchased"
 [[tier]]
 name = "bench"
@@ -86,17 +94,17 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def timed(client: httpx.AsyncClient, url: str, stream: bool) -> tuple[float, float]:
+async def timed(client: aiohttp.ClientSession, url: str, stream: bool) -> tuple[float, float]:
     """(first byte, last byte) in ms."""
-    body = {**BODY, "stream": stream}
+    body = BODY_STREAM if stream else BODY_JSON
     start = time.perf_counter()
     first = 0.0
-    async with client.stream("POST", url, json=body) as response:
-        async for _ in response.aiter_raw():
+    async with client.post(url, data=body, headers=JSON) as response:
+        async for _ in response.content.iter_any():
             if not first:
                 first = time.perf_counter()
-        if response.status_code != 200:
-            raise RuntimeError(f"{url}: {response.status_code}")
+        if response.status != 200:
+            raise RuntimeError(f"{url}: {response.status}")
     end = time.perf_counter()
     return (first - start) * 1000, (end - start) * 1000
 
@@ -111,8 +119,8 @@ async def latency(
         "gw_last": [],
     }
     async with (
-        httpx.AsyncClient(timeout=30) as d,
-        httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {key}"}) as g,
+        aiohttp.ClientSession() as d,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as g,
     ):
         for _ in range(50):  # warm both paths
             await timed(d, direct, stream)
@@ -131,15 +139,16 @@ async def throughput(url: str, key: str | None, seconds: float, concurrency: int
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     done = 0
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=30, headers=headers, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as client:
 
         async def worker() -> None:
             nonlocal done
             while time.perf_counter() < deadline:
-                response = await client.post(url, json=BODY)
-                if response.status_code != 200:
-                    raise RuntimeError(response.text)
+                async with client.post(url, data=BODY_JSON, headers=JSON) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(await response.text())
                 done += 1
 
         start = time.perf_counter()

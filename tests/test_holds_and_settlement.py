@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -16,6 +19,20 @@ from app.credits import service as credits
 from app.credits.holds import HoldKeeper
 from app.metering.schemas import Settlement, UsageEventRecord
 from app.metering.writer import UsageWriter
+
+
+@pytest.fixture
+async def keeper_for(clean_db: AsyncEngine) -> AsyncIterator[Callable[..., HoldKeeper]]:
+    """HoldKeepers as separate processes would have them, closed after the test."""
+    made: list[HoldKeeper] = []
+
+    def make(**options: Any) -> HoldKeeper:
+        made.append(HoldKeeper(clean_db, **options))
+        return made[-1]
+
+    yield make
+    for keeper in made:
+        await keeper.close()
 
 
 async def _account(engine: AsyncEngine, balance: str) -> uuid.UUID:
@@ -80,18 +97,22 @@ def _event(account_id: uuid.UUID, cost: str, key: str | None = None) -> UsageEve
     )
 
 
-async def test_parallel_holds_never_reserve_more_than_the_balance(clean_db: AsyncEngine) -> None:
+async def test_parallel_holds_never_reserve_more_than_the_balance(
+    clean_db: AsyncEngine, keeper_for: Callable[..., HoldKeeper]
+) -> None:
     account_id = await _account(clean_db, "0.05")
-    keeper = HoldKeeper(clean_db)
+    keeper = keeper_for()
     outcomes = await asyncio.gather(*(keeper.place(account_id, Decimal("0.01")) for _ in range(50)))
     assert sum(o.granted for o in outcomes) == 5
     totals = await _totals(clean_db, account_id)
     assert totals["held"] == totals["holds"] == Decimal("0.05")
 
 
-async def test_settlement_charges_once_and_releases_the_hold(clean_db: AsyncEngine) -> None:
+async def test_settlement_charges_once_and_releases_the_hold(
+    clean_db: AsyncEngine, keeper_for: Callable[..., HoldKeeper]
+) -> None:
     account_id = await _account(clean_db, "1.00")
-    keeper = HoldKeeper(clean_db)
+    keeper = keeper_for()
     writer = UsageWriter(clean_db)
     writer.start()
     try:
@@ -152,11 +173,13 @@ async def test_back_dated_event_gets_its_month_partition(clean_db: AsyncEngine) 
     assert where == "usage_events_2024_02"
 
 
-async def test_holds_of_a_dead_process_expire(clean_db: AsyncEngine) -> None:
+async def test_holds_of_a_dead_process_expire(
+    clean_db: AsyncEngine, keeper_for: Callable[..., HoldKeeper]
+) -> None:
     account_id = await _account(clean_db, "1")
-    dead = HoldKeeper(clean_db, lease_seconds=0.2)
+    dead = keeper_for(lease_seconds=0.2)
     assert (await dead.place(account_id, Decimal("1"))).granted
-    alive = HoldKeeper(clean_db)
+    alive = keeper_for()
     assert not (await alive.place(account_id, Decimal("0.5"))).granted
     await asyncio.sleep(0.3)
     assert await alive.maintain_once() == 1

@@ -7,6 +7,7 @@ database. Only identity is cached; balance, holds and tier are always read fresh
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ class KeyAuthenticator:
         # key hash → (expires at, principal or None for "no such key"): misses are cached too,
         # so a flood of bad keys cannot turn into a flood of queries.
         self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+        # Lookups in flight: when an entry expires under load, the concurrent requests of that
+        # key share one query instead of each taking a database connection.
+        self._lookups: dict[bytes, asyncio.Future[Principal | None]] = {}
 
     async def authenticate(self, authorization: str | None) -> Principal:
         token = _bearer_token(authorization)
@@ -41,16 +45,26 @@ class KeyAuthenticator:
         if cached is not None and cached[0] > now:
             principal = cached[1]
         else:
-            async with self._sessionmaker() as session:
-                found = await repository.find_active_key(session, key_hash)
-            principal = Principal(api_key_id=found[0], account_id=found[1]) if found else None
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[key_hash] = (now + self._ttl, principal)
+            lookup = self._lookups.get(key_hash)
+            if lookup is None:
+                lookup = asyncio.ensure_future(self._look_up(key_hash, now))
+                self._lookups[key_hash] = lookup
+                lookup.add_done_callback(lambda _: self._lookups.pop(key_hash, None))
+            principal = await asyncio.shield(lookup)
         if principal is None:
             raise InvalidApiKey(
                 "Incorrect API key provided. You can find your API key in your dashboard."
             )
+        return principal
+
+
+    async def _look_up(self, key_hash: bytes, now: float) -> Principal | None:
+        async with self._sessionmaker() as session:
+            found = await repository.find_active_key(session, key_hash)
+        principal = Principal(api_key_id=found[0], account_id=found[1]) if found else None
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[key_hash] = (now + self._ttl, principal)
         return principal
 
 

@@ -13,10 +13,12 @@ import logging
 import uuid
 from decimal import Decimal
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.credits import repository
 from app.credits.repository import HoldOutcome
+from app.db.engine import create_driver_pool
 from app.errors import InvalidApiKey
 
 logger = logging.getLogger(__name__)
@@ -25,9 +27,13 @@ LEASE_SECONDS = 60.0
 
 
 class HoldKeeper:
-    def __init__(self, engine: AsyncEngine, *, lease_seconds: float = LEASE_SECONDS) -> None:
-        # One statement per hold: autocommit saves the BEGIN/COMMIT round trips.
-        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    def __init__(
+        self, engine: AsyncEngine, *, lease_seconds: float = LEASE_SECONDS, pool_size: int = 10
+    ) -> None:
+        self._engine = engine
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
         self._lease = lease_seconds
         self._live: dict[uuid.UUID, uuid.UUID] = {}  # hold id → account id
         self._task: asyncio.Task[None] | None = None
@@ -35,9 +41,10 @@ class HoldKeeper:
     async def place(self, account_id: uuid.UUID, amount: Decimal) -> HoldOutcome:
         """Hold `amount` if the account's available credit covers it (see `outcome.granted`)."""
         hold_id = uuid.uuid4()
-        async with self._engine.connect() as connection:
+        # One statement per hold, outside a transaction block: no BEGIN/COMMIT round trips.
+        async with (await self._driver()).acquire() as driver:
             outcome = await repository.place_hold(
-                connection,
+                driver,
                 account_id=account_id,
                 hold_id=hold_id,
                 amount=amount,
@@ -62,15 +69,25 @@ class HoldKeeper:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _driver(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    self._pool = await create_driver_pool(self._engine, size=self._pool_size)
+        return self._pool
 
     async def maintain_once(self) -> int:
         """Renew this process's holds, then sweep expired ones; returns how many accounts had
         holds swept."""
-        async with self._engine.connect() as connection:
+        async with (await self._driver()).acquire() as driver:
             live = [(account_id, hold_id) for hold_id, account_id in self._live.items()]
             if live:
-                await repository.renew_holds(connection, live, self._lease)
-            return await repository.sweep_expired_holds(connection)
+                await repository.renew_holds(driver, live, self._lease)
+            return await repository.sweep_expired_holds(driver)
 
     async def _maintain(self, interval: float) -> None:
         while True:

@@ -6,10 +6,12 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
+import asyncpg
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.engine import DriverStatement
 from app.db.models import Account, LedgerEntry
 
 # How each kind moves the running totals kept on the account beside the balance.
@@ -97,8 +99,11 @@ class HoldOutcome:
     total_usage: Decimal
 
 
+_HOLD = DriverStatement.of(HOLD_SQL)
+
+
 async def place_hold(
-    connection: AsyncConnection,
+    driver: asyncpg.Connection,
     *,
     account_id: uuid.UUID,
     hold_id: uuid.UUID,
@@ -108,25 +113,21 @@ async def place_hold(
     """Reserve `amount` if `balance − held` covers it, atomically in one statement: the UPDATE
     re-checks its condition on the latest row version, so concurrent holds from any number of
     processes can never reserve more than the balance. None if the account doesn't exist."""
-    row = (
-        await connection.execute(
-            HOLD_SQL,
-            {
-                "account_id": account_id,
-                "hold_id": hold_id,
-                "amount": amount,
-                "lease": lease_seconds,
-            },
-        )
-    ).one_or_none()
+    params = {
+        "account_id": account_id,
+        "hold_id": hold_id,
+        "amount": amount,
+        "lease": lease_seconds,
+    }
+    row = await driver.fetchrow(_HOLD.sql, *_HOLD.args(params))
     if row is None:
         return None
     return HoldOutcome(
         hold_id=hold_id,
-        granted=row.granted,
-        available=row.balance - row.held,
-        total_purchased=row.total_purchased,
-        total_usage=row.total_usage,
+        granted=row["granted"],
+        available=row["balance"] - row["held"],
+        total_purchased=row["total_purchased"],
+        total_usage=row["total_usage"],
     )
 
 
@@ -153,19 +154,21 @@ SWEEP_SQL = text(
 )
 
 
+_RENEW = DriverStatement.of(RENEW_SQL)
+_SWEEP = DriverStatement.of(SWEEP_SQL)
+
+
 async def renew_holds(
-    connection: AsyncConnection, holds: list[tuple[uuid.UUID, uuid.UUID]], lease_seconds: float
+    driver: asyncpg.Connection, holds: list[tuple[uuid.UUID, uuid.UUID]], lease_seconds: float
 ) -> None:
-    await connection.execute(
-        RENEW_SQL,
-        {
-            "account_ids": [account_id for account_id, _ in holds],
-            "ids": [hold_id for _, hold_id in holds],
-            "lease": lease_seconds,
-        },
-    )
+    params = {
+        "account_ids": [account_id for account_id, _ in holds],
+        "ids": [hold_id for _, hold_id in holds],
+        "lease": lease_seconds,
+    }
+    await driver.execute(_RENEW.sql, *_RENEW.args(params))
 
 
-async def sweep_expired_holds(connection: AsyncConnection) -> int:
+async def sweep_expired_holds(driver: asyncpg.Connection) -> int:
     """Release holds whose owner stopped renewing them (its process died)."""
-    return int(await connection.scalar(SWEEP_SQL) or 0)
+    return int(await driver.fetchval(_SWEEP.sql) or 0)

@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import httpx
+import aiohttp
 import msgspec
 from litestar import Request
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -52,7 +53,7 @@ _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 # Not forwarded upstream: hop-by-hop headers (RFC 9110 §7.6.1), the client's credentials and
-# identity at OpenAI, and what httpx sets itself.
+# identity at OpenAI, and what the HTTP client sets itself.
 _DROP_REQUEST_HEADERS = frozenset(
     {
         "connection",
@@ -125,7 +126,7 @@ class Gateway:
         settings: Settings,
         catalog: Catalog,
         router: Router,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         authenticator: KeyAuthenticator,
         holds: HoldKeeper,
         limiter: RateLimiter,
@@ -183,7 +184,7 @@ class Gateway:
 
     async def _send_upstream(
         self, call: Call, request: Request[Any, Any, Any], raw: bytes
-    ) -> httpx.Response:
+    ) -> aiohttp.ClientResponse:
         resolved = call.resolved
         upstream, upstream_model = self.router.route(
             resolved.name, resolved.base, resolved.suffix, call.request.model
@@ -208,54 +209,57 @@ class Gateway:
         headers.append(("x-request-id", call.request_id))
         if upstream.api_key:
             headers.append(("authorization", f"Bearer {upstream.api_key}"))
-        upstream_request = self.client.build_request(
-            "POST",
-            upstream.base_url + call.request.endpoint.removeprefix("/v1"),
-            headers=headers,
-            content=content,
-        )
         try:
-            return await self.client.send(upstream_request, stream=True)
-        except httpx.TimeoutException as exc:
+            # Returns once the status and headers are in; the body is read or relayed later.
+            return await self.client.post(
+                upstream.base_url + call.request.endpoint.removeprefix("/v1"),
+                data=content,
+                headers=headers,
+            )
+        except TimeoutError as exc:
             raise UpstreamTimeout(
                 f"The upstream for {resolved.name} did not answer in time."
             ) from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(
                 f"The upstream for {resolved.name} could not be reached ({type(exc).__name__})."
             ) from exc
 
-    async def _respond(self, call: Call, response: httpx.Response) -> ASGIApp:
-        call.response_headers = _relayed_headers(response.headers, call.limit_headers)
+    async def _respond(self, call: Call, response: aiohttp.ClientResponse) -> ASGIApp:
+        call.response_headers = _relayed_headers(response.raw_headers, call.limit_headers)
         is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
-        if response.status_code < 400 and is_sse:
+        if response.status < 400 and is_sse:
             return self._stream_app(call, response)
         try:
-            body = await response.aread()
-        except httpx.TimeoutException as exc:
+            body = await response.read()
+        except TimeoutError as exc:
+            response.close()
             await self._settle(call, None, "upstream_timeout")
             raise UpstreamTimeout("The upstream stopped answering mid-response.") from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
+            response.close()
             await self._settle(call, None, "upstream_broken")
             raise UpstreamUnavailable("The upstream connection broke mid-response.") from exc
-        finally:
-            await response.aclose()
-        if response.status_code >= 400:
+        except BaseException:
+            response.close()
+            raise
+        response.release()  # read to the end: the connection goes back to the pool
+        if response.status >= 400:
             # Passed through as it came; nothing was produced, nothing is charged.
             await self._settle(call, None, "upstream_error")
         else:
-            usage = usage_from_body(call.request, call.resolved, body, response.headers)
+            usage = usage_from_body(call.request, call.resolved, body)
             await self._settle(call, usage, "completed")
-        return _plain_app(response.status_code, call.response_headers, body)
+        return _plain_app(response.status, call.response_headers, body)
 
-    def _stream_app(self, call: Call, response: httpx.Response) -> ASGIApp:
+    def _stream_app(self, call: Call, response: aiohttp.ClientResponse) -> ASGIApp:
         inspector = SseInspector(client_wants_usage=call.request.client_wants_usage)
-        status = response.status_code
+        status = response.status
         headers = call.response_headers
 
         async def pump(send: Send) -> str:
             try:
-                async for chunk in response.aiter_raw():
+                async for chunk in response.content.iter_any():
                     forwarded = inspector.feed(chunk)
                     if forwarded:
                         await send(
@@ -264,9 +268,9 @@ class Gateway:
                 tail = inspector.flush()
                 if tail:
                     await send({"type": "http.response.body", "body": tail, "more_body": True})
-            except httpx.TimeoutException:
+            except TimeoutError:
                 return "upstream_timeout"
-            except httpx.HTTPError:
+            except aiohttp.ClientError:
                 return "upstream_broken"
             return "completed"
 
@@ -286,7 +290,10 @@ class Gateway:
                     with contextlib.suppress(asyncio.CancelledError):
                         await relay
             finally:
-                await response.aclose()
+                if outcome == "completed":
+                    response.release()
+                else:
+                    response.close()  # also cancels the upstream request when the client left
                 produced = inspector.events > 0 or inspector.usage is not None
                 usage = (
                     usage_from_stream(call.request, call.resolved, inspector) if produced else None
@@ -376,11 +383,11 @@ async def _disconnected(receive: Receive) -> None:
 
 
 def _relayed_headers(
-    headers: httpx.Headers, limit_headers: dict[str, str]
+    headers: Iterable[tuple[bytes, bytes]], limit_headers: dict[str, str]
 ) -> list[tuple[bytes, bytes]]:
     relayed = [
         (name, value)
-        for name, value in headers.raw
+        for name, value in headers
         if name.lower().decode("latin-1") not in _DROP_RESPONSE_HEADERS
         and not name.lower().startswith(b"x-ratelimit-")
     ]

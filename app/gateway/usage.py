@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import msgspec
 
 from app.gateway import requests as rq
@@ -80,7 +79,7 @@ def usage_from_stream(
 
 
 def usage_from_body(
-    request: rq.ProxyRequest, resolved: ResolvedModel, body: bytes, headers: httpx.Headers
+    request: rq.ProxyRequest, resolved: ResolvedModel, body: bytes
 ) -> MeteredUsage:
     endpoint = request.endpoint
     if endpoint == rq.SPEECH:

@@ -6,9 +6,11 @@ import uuid
 from collections.abc import Collection, Sequence
 from datetime import date
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db.engine import DriverStatement
 from app.metering.schemas import Settlement
 
 EVENT_COLUMNS = (
@@ -79,9 +81,10 @@ SETTLE_SQL = text(
 )
 
 
-async def settle(connection: AsyncConnection, batch: Sequence[Settlement]) -> int:
-    """Write every event, its usage ledger entry and every hold release of `batch` in one
-    statement. Returns how many events were new."""
+_SETTLE = DriverStatement.of(SETTLE_SQL)
+
+
+def _settle_params(batch: Sequence[Settlement]) -> dict[str, object]:
     events = [s.event for s in batch if s.event is not None]
     holds = [(s.account_id, s.hold_id) for s in batch if s.hold_id is not None]
     params: dict[str, object] = {
@@ -89,11 +92,31 @@ async def settle(connection: AsyncConnection, batch: Sequence[Settlement]) -> in
     }
     params["hold_accounts"] = [account_id for account_id, _ in holds]
     params["hold_ids"] = [hold_id for _, hold_id in holds]
-    return int(await connection.scalar(SETTLE_SQL, params) or 0)
+    return params
+
+
+async def settle(connection: AsyncConnection, batch: Sequence[Settlement]) -> int:
+    """Write every event, its usage ledger entry and every hold release of `batch` in one
+    statement, in the caller's transaction. Returns how many events were new."""
+    return int(await connection.scalar(SETTLE_SQL, _settle_params(batch)) or 0)
+
+
+async def settle_now(driver: asyncpg.Connection, batch: Sequence[Settlement]) -> int:
+    """`settle` as a statement of its own (committed when it returns), on asyncpg directly:
+    the usage writer's hot path."""
+    return int(await driver.fetchval(_SETTLE.sql, *_SETTLE.args(_settle_params(batch))) or 0)
+
+
+ENSURE_PARTITION_SQL = text("SELECT ensure_usage_events_partition(:month)")
+_ENSURE_PARTITION = DriverStatement.of(ENSURE_PARTITION_SQL)
 
 
 async def ensure_partition(connection: AsyncConnection, month: date) -> None:
-    await connection.execute(text("SELECT ensure_usage_events_partition(:month)"), {"month": month})
+    await connection.execute(ENSURE_PARTITION_SQL, {"month": month})
+
+
+async def ensure_partition_now(driver: asyncpg.Connection, month: date) -> None:
+    await driver.execute(_ENSURE_PARTITION.sql, month)
 
 
 KNOWN_ACCOUNTS_SQL = text("SELECT id FROM accounts WHERE id = ANY(CAST(:ids AS uuid[]))")

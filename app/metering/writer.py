@@ -14,10 +14,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import date
 
+import asyncpg
 from prometheus_client import Counter, Histogram
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.engine import driver_dsn
 from app.metering import repository
 from app.metering.schemas import Settlement
 
@@ -49,9 +50,10 @@ class UsageWriter:
         self._max_batch = max_batch
         # Told which accounts were charged by each commit (auto-recharge watches balances).
         self._on_commit = on_commit
-        # The settlement is a single statement, atomic on its own: autocommit spares the
-        # BEGIN/COMMIT round trips.
-        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # One asyncpg connection of its own: batches are written one at a time, each as a
+        # single statement, atomic on its own (no BEGIN/COMMIT round trips).
+        self._dsn = driver_dsn(engine)
+        self._driver: asyncpg.Connection | None = None
         self._queue: asyncio.Queue[tuple[Settlement, asyncio.Future[None]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -75,6 +77,9 @@ class UsageWriter:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._driver is not None:
+            await self._driver.close()
+            self._driver = None
 
     async def _run(self) -> None:
         while True:
@@ -94,7 +99,7 @@ class UsageWriter:
         for attempt, delay in enumerate((*RETRY_DELAYS, None)):
             try:
                 await self._commit(settlements)
-            except IntegrityError as exc:
+            except asyncpg.IntegrityConstraintViolationError as exc:
                 # Not transient (e.g. an account deleted mid-request): isolate the bad one.
                 if len(settlements) > 1:
                     for settlement, future in zip(settlements, futures, strict=True):
@@ -105,7 +110,8 @@ class UsageWriter:
                 )
                 _resolve(futures, exc)
                 return
-            except (DBAPIError, OSError) as exc:
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                await self._drop_connection()
                 if delay is None:
                     logger.error("usage writer gave up after %d attempts: %s", attempt + 1, exc)
                     _resolve(futures, exc)
@@ -126,14 +132,21 @@ class UsageWriter:
                 return
 
     async def _commit(self, settlements: Sequence[Settlement]) -> None:
+        if self._driver is None or self._driver.is_closed():
+            self._driver = await asyncpg.connect(
+                self._dsn, server_settings={"application_name": "tollgate-writer"}
+            )
         months = {s.event.month for s in settlements if s.event is not None} - self._months
-        if months:
-            async with self._engine.connect() as connection:
-                for month in sorted(months):
-                    await repository.ensure_partition(connection, month)
-            self._months |= months
-        async with self._engine.connect() as connection:
-            await repository.settle(connection, settlements)
+        for month in sorted(months):
+            await repository.ensure_partition_now(self._driver, month)
+        self._months |= months
+        await repository.settle_now(self._driver, settlements)
+
+    async def _drop_connection(self) -> None:
+        """After a failure the connection may be broken: the retry starts on a fresh one."""
+        if self._driver is not None:
+            self._driver.terminate()
+            self._driver = None
 
 
 def _resolve(futures: Sequence[asyncio.Future[None]], error: BaseException | None) -> None:
