@@ -57,7 +57,6 @@ class KeyAuthenticator:
             )
         return principal
 
-
     async def _look_up(self, key_hash: bytes, now: float) -> Principal | None:
         async with self._sessionmaker() as session:
             found = await repository.find_active_key(session, key_hash)

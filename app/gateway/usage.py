@@ -78,9 +78,7 @@ def usage_from_stream(
     return _token_usage(request, inspector.usage, inspector.delivered.total)
 
 
-def usage_from_body(
-    request: rq.ProxyRequest, resolved: ResolvedModel, body: bytes
-) -> MeteredUsage:
+def usage_from_body(request: rq.ProxyRequest, resolved: ResolvedModel, body: bytes) -> MeteredUsage:
     endpoint = request.endpoint
     if endpoint == rq.SPEECH:
         # Speech is priced by the characters of its input, known from the request.
