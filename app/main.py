@@ -145,8 +145,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         before_send=[add_request_id],
         exception_handlers={Exception: error_response},
         logging_config=LoggingConfig(
-            # httpx (Stripe's client) logs every call at INFO: noise in the gateway's log.
-            loggers={"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+            # INFO from these is a line per Stripe call or job run: noise in the gateway's log.
+            loggers={
+                name: {"level": "WARNING"} for name in ("httpx", "httpcore", "apscheduler")
+            },
         ),
         dependencies={
             "principal": Provide(provide_principal),
