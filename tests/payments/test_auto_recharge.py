@@ -19,10 +19,13 @@ from app.metering.writer import UsageWriter
 from app.payments.auto_recharge import AutoRecharger
 from app.payments.config import BillingConfig
 from app.payments.stripe_api import StripeGateway
+from tests.conftest import ADMIN_TOKEN, new_account_with_key
+from tests.payments.apps import billing_app, start
 from tests.payments.test_webhook import account_view, deliver, ledger
 from tests.support import fake_stripe as stripe_fake
 from tests.support.fake_stripe import FakeStripe
 from tests.support.live import LiveServer
+from tests.support.upstream import FakeUpstream
 
 Customer = tuple[dict[str, Any], httpx.AsyncClient]
 
@@ -307,3 +310,44 @@ async def test_an_unanswered_attempt_is_resumed_with_the_same_idempotency_key(
     assert attempt.status == "succeeded"
     assert charge.idempotency_key == f"tollgate-recharge-{attempt.id}"
     assert (await account_view(client))["balance"] == "10.50"
+
+
+async def test_proxied_usage_below_the_threshold_triggers_a_recharge(
+    database_url: str, fake_stripe: FakeStripe, clean_db: AsyncEngine
+) -> None:
+    """Wiring end to end: a request through the gateway settles, the usage writer tells the
+    auto-recharger, and the charge happens without any job or manual trigger."""
+    upstream = FakeUpstream().start()
+    server = start(billing_app(database_url, fake_stripe, UPSTREAM_BASE_URL=upstream.url))
+    fake_stripe.reset()
+    try:
+        async with httpx.AsyncClient(
+            base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+        ) as admin:
+            account, key = await new_account_with_key(admin)
+            async with httpx.AsyncClient(
+                base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+            ) as client:
+                await save_card(server, client, account, fake_stripe, credit_minor=1000)
+                await enable(client, "10.00", "20.00")  # the balance is €10.00: not below
+                assert fake_stripe.calls("/v1/payment_intents") == []
+                reply = await client.post(
+                    "/v1/chat/completions",
+                    json={"model": "llama-3.1-8b", "messages": [{"role": "user", "content": "Hi"}]},
+                )
+                assert reply.status_code == 200, reply.text
+                for _ in range(100):
+                    if fake_stripe.calls("/v1/payment_intents"):
+                        break
+                    await asyncio.sleep(0.05)
+                [charge] = fake_stripe.calls("/v1/payment_intents")
+                assert charge.form["amount"] == "2000"
+                for _ in range(100):  # credited from Stripe's answer, just after the call
+                    balance = Decimal((await account_view(client))["balance"])
+                    if balance > 20:
+                        break
+                    await asyncio.sleep(0.05)
+                assert Decimal("29.99") < balance < Decimal("30.00")
+    finally:
+        server.stop()
+        upstream.stop()
