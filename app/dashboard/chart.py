@@ -13,7 +13,10 @@ from app.dashboard.format import money, short_day
 
 WIDTH = 720
 HEIGHT = 240
-LEFT = 64  # room for the y-axis labels
+LEFT = 64  # at least this much room for the y-axis labels
+# Width of a label character in SVG units, at the largest font the stylesheet uses for the
+# chart (on narrow screens, where the drawing is scaled down the most).
+LABEL_CHAR = Decimal("12.5")
 RIGHT = 8
 TOP = 14
 BOTTOM = 30  # room for the x-axis labels
@@ -46,6 +49,7 @@ class Tick:
 class Label:
     x: float
     text: str
+    anchor: str = "middle"  # SVG text-anchor
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +83,14 @@ def nice_step(largest: Decimal, ticks: int = TICKS) -> Decimal:
 
 def daily_chart(days: list[tuple[date, Decimal]], currency: str, today: date) -> Chart:
     """`days` in order, one entry per day (zero for a day without usage)."""
-    plot_width = Decimal(WIDTH - LEFT - RIGHT)
-    plot_height = Decimal(HEIGHT - TOP - BOTTOM)
-    baseline = Decimal(HEIGHT - BOTTOM)
     largest = max((cost for _, cost in days), default=Decimal(0))
     step = nice_step(largest)
     top_value = step * TICKS
+    tick_labels = [money(step * i, currency) for i in range(TICKS + 1)]
+    left = max(LEFT, int(max(len(label) for label in tick_labels) * LABEL_CHAR) + 10)
+    plot_width = Decimal(WIDTH - left - RIGHT)
+    plot_height = Decimal(HEIGHT - TOP - BOTTOM)
+    baseline = Decimal(HEIGHT - BOTTOM)
     slot = plot_width / max(len(days), 1)
     bar_width = slot * BAR_FILL
     bars = []
@@ -94,30 +100,32 @@ def daily_chart(days: list[tuple[date, Decimal]], currency: str, today: date) ->
             Bar(
                 day=when,
                 cost=cost,
-                x=_f(LEFT + slot * i + (slot - bar_width) / 2),
+                x=_f(left + slot * i + (slot - bar_width) / 2),
                 y=_f(baseline - height),
                 width=_f(bar_width),
                 height=_f(height),
-                slot_x=_f(LEFT + slot * i),
+                slot_x=_f(left + slot * i),
                 slot_width=_f(slot),
                 title=f"{when.isoformat()}: {money(cost, currency)}",
                 today=when == today,
             )
         )
     ticks = [
-        Tick(y=_f(baseline - plot_height * i / TICKS), label=money(step * i, currency))
-        for i in range(TICKS + 1)
+        Tick(y=_f(baseline - plot_height * i / TICKS), label=label)
+        for i, label in enumerate(tick_labels)
     ]
     # A date under every seventh bar, counted back from today's, so the newest is labelled.
     labels = [
-        Label(x=_f(LEFT + slot * i + slot / 2), text=short_day(when))
+        Label(x=_f(left + slot * i + slot / 2), text=short_day(when))
         for i, (when, _) in enumerate(days)
         if (len(days) - 1 - i) % 7 == 0
     ]
+    if labels:  # the newest ends at the plot's edge rather than spilling over it
+        labels[-1] = Label(x=WIDTH - RIGHT, text=labels[-1].text, anchor="end")
     return Chart(
         width=WIDTH,
         height=HEIGHT,
-        left=LEFT,
+        left=left,
         right=WIDTH - RIGHT,
         top=TOP,
         baseline=_f(baseline),

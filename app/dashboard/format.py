@@ -44,9 +44,9 @@ def count(value: int) -> str:
     return f"{value:,}"
 
 
-def day(value: date) -> str:
-    """`Thu 7 May 2026`."""
-    return f"{value:%a} {value.day} {value:%b %Y}"
+def weekday(value: date) -> str:
+    """`Thu 7 May`: a day within a month already named."""
+    return f"{value:%a} {value.day} {value:%b}"
 
 
 def short_day(value: date) -> str:

@@ -52,8 +52,8 @@ def _engine() -> JinjaTemplateEngine:
         plain=money_str,
         exact_money=fmt.exact_money,
         count=fmt.count,
-        day=fmt.day,
         short_day=fmt.short_day,
+        weekday=fmt.weekday,
         instant=fmt.instant,
         month_name=fmt.month_name,
     )

@@ -120,11 +120,30 @@ def _page(
 # ── sign in and out ─────────────────────────────────────────────────────────────────────────
 
 
+def _login_page(
+    request: Request[Any, Any, Any],
+    state: State,
+    *,
+    target: str,
+    status: int = 200,
+    error: str | None = None,
+) -> Response[str]:
+    hours = state.settings.session_hours
+    return page(
+        request,
+        "login.html",
+        status=status,
+        error=error,
+        next=target,
+        session_hours=f"{hours:g}",
+    )
+
+
 @get("/login")
-async def login_page(request: Request[Any, Any, Any]) -> Response[Any]:
+async def login_page(request: Request[Any, Any, Any], state: State) -> Response[Any]:
     if request.session.get(SESSION_KEY):
         return Redirect(HOME, status_code=303)
-    return page(request, "login.html", next=_safe_next(request.query_params.get("next")))
+    return _login_page(request, state, target=_safe_next(request.query_params.get("next")))
 
 
 @post("/login", status_code=200)
@@ -160,7 +179,7 @@ async def login(request: Request[Any, Any, Any], state: State) -> Response[Any]:
                 }
             )
             return Redirect(target, status_code=303)
-    return page(request, "login.html", status=401 if key else 400, error=error, next=target)
+    return _login_page(request, state, target=target, status=401 if key else 400, error=error)
 
 
 @post("/logout", status_code=200)

@@ -1,6 +1,6 @@
-"""Dashboard fixtures: one live gateway (fake upstream, fake Stripe, its real public URL) for
-the whole session, one headless Chromium per session, and a fresh browser context — no
-cookies — per test. Every test makes its own account, so no test needs an empty database."""
+"""Dashboard fixtures: one live gateway (fake upstream, fake Stripe, its real public URL) and one
+headless Chromium tab for the whole session, its cookies cleared before each test. Every test
+makes its own account, so no test needs an empty database."""
 
 from __future__ import annotations
 
@@ -115,13 +115,22 @@ async def browser(chromium: Path) -> AsyncIterator[Browser]:
         await launched.close()
 
 
-@pytest.fixture
-async def page(browser: Browser, dashboard: Dashboard) -> AsyncIterator[Page]:
+@pytest.fixture(scope="session")
+async def shared_page(browser: Browser, dashboard: Dashboard) -> AsyncIterator[Page]:
     context = await browser.new_context(base_url=dashboard.url, accept_downloads=True)
     context.set_default_timeout(10_000)
-    opened = await context.new_page()
-    yield opened
+    yield await context.new_page()
     await context.close()
+
+
+@pytest.fixture
+async def page(shared_page: Page) -> AsyncIterator[Page]:
+    """One tab for the whole session (a new browser context costs more than a test), signed
+    out and without request routing at the start of every test."""
+    await shared_page.context.clear_cookies()
+    await shared_page.goto("about:blank")
+    yield shared_page
+    await shared_page.unroute_all(behavior="ignoreErrors")
 
 
 async def sign_in(page: Page, key: str) -> None:
