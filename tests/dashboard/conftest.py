@@ -4,6 +4,7 @@ makes its own account, so no test needs an empty database."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -119,7 +120,10 @@ async def browser(chromium: Path) -> AsyncIterator[Browser]:
 async def shared_page(browser: Browser, dashboard: Dashboard) -> AsyncIterator[Page]:
     context = await browser.new_context(base_url=dashboard.url, accept_downloads=True)
     context.set_default_timeout(10_000)
-    yield await context.new_page()
+    opened = await context.new_page()
+    # "Revoke …? This can't be undone." — the tests mean it.
+    opened.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    yield opened
     await context.close()
 
 

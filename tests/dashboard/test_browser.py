@@ -369,8 +369,11 @@ async def test_a_created_key_is_shown_once_works_and_fails_once_revoked(
     await expect(row).not_to_contain_text("Not used yet")  # its request shows as last use
     await expect(page.locator("#active-keys tbody tr")).to_have_count(2)
 
+    dialogs: list[str] = []
+    page.once("dialog", lambda dialog: dialogs.append(dialog.message))
     await row.locator("button:has-text('Revoke')").click()
     await expect(page.locator(".notice")).to_contain_text(f"Revoked {new_key[:11]}")
+    assert dialogs and dialogs[0].startswith(f"Revoke {new_key[:11]}…?")
     await expect(page.locator(f'#revoked-keys tr[data-prefix="{new_key[:11]}"]')).to_be_visible()
 
     # The gateway caches a key's identity for at most a second.

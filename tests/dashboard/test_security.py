@@ -212,3 +212,16 @@ async def test_top_up_is_unavailable_without_stripe(gateways: Gateways) -> None:
         )
         assert refused.status_code == 503
         assert "STRIPE_API_KEY is not set" in refused.text
+
+
+async def test_a_malformed_month_is_explained(dashboard: Dashboard, customer: Customer) -> None:
+    async with httpx.AsyncClient(base_url=dashboard.url) as client:
+        await _sign_in(client, customer.key)
+        page = await client.get("/dashboard/usage?month=2026-13")
+        assert page.status_code == 200
+        assert "Months look like 2026-05" in page.text
+        csv = await client.get("/dashboard/usage.csv?month=May")
+        assert csv.status_code == 400
+        assert csv.headers["content-type"].startswith("text/html")
+        assert "Months look like 2026-05" in csv.text
+        assert (await client.get("/dashboard/")).status_code == 200

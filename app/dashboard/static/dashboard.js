@@ -52,3 +52,10 @@ document.querySelectorAll("[data-copy]").forEach((button) => {
     button.textContent = "Copied";
   });
 });
+
+// Ask before an action that can't be undone (without JavaScript the button acts directly).
+document.querySelectorAll("form[data-confirm]").forEach((form) => {
+  form.addEventListener("submit", (event) => {
+    if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+  });
+});
