@@ -82,6 +82,8 @@ Try it:
   print(reply.choices[0].message.content, reply.usage)
   PY
 
+Dashboard: {gateway}/dashboard (sign in with the API key above)
+
 Press Ctrl+C to stop.
 """
 

@@ -146,9 +146,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers={Exception: error_response},
         logging_config=LoggingConfig(
             # INFO from these is a line per Stripe call or job run: noise in the gateway's log.
-            loggers={
-                name: {"level": "WARNING"} for name in ("httpx", "httpcore", "apscheduler")
-            },
+            loggers={name: {"level": "WARNING"} for name in ("httpx", "httpcore", "apscheduler")},
         ),
         dependencies={
             "principal": Provide(provide_principal),

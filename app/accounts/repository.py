@@ -41,10 +41,15 @@ async def list_keys(session: AsyncSession, account_id: uuid.UUID) -> list[ApiKey
     return list(result)
 
 
-async def revoke_key(session: AsyncSession, key_id: uuid.UUID, at: datetime) -> ApiKey | None:
-    """Idempotent: revoking a revoked key keeps its first revocation time."""
+async def revoke_key(
+    session: AsyncSession, key_id: uuid.UUID, at: datetime, *, account_id: uuid.UUID | None = None
+) -> ApiKey | None:
+    """Idempotent: revoking a revoked key keeps its first revocation time. None when there is
+    no such key (of `account_id`, when given)."""
     key = await session.get(ApiKey, key_id, with_for_update=True)
-    if key is not None and key.revoked_at is None:
+    if key is None or (account_id is not None and key.account_id != account_id):
+        return None
+    if key.revoked_at is None:
         key.revoked_at = at
         await session.flush()
     return key

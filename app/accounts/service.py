@@ -40,8 +40,12 @@ async def issue_key(
     return key, new.plaintext
 
 
-async def revoke_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey:
-    key = await repository.revoke_key(session, key_id, datetime.now(UTC))
+async def revoke_key(
+    session: AsyncSession, key_id: uuid.UUID, *, account_id: uuid.UUID | None = None
+) -> ApiKey:
+    """Revoke a key; with `account_id` (a customer acting), only a key of that account: any
+    other is "not found", like a made-up id."""
+    key = await repository.revoke_key(session, key_id, datetime.now(UTC), account_id=account_id)
     if key is None:
         raise NotFound(f"No API key with id {key_id}", param="key_id")
     return key

@@ -425,7 +425,6 @@ async def save_auto_recharge(
     try:
         await service.save_auto_recharge(
             db,
-            state,
             billing(state),
             account,
             enabled=enabled,

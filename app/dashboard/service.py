@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from litestar.datastructures import State
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import repository as key_repository
@@ -23,11 +22,9 @@ from app.dashboard import repository
 from app.dashboard.chart import Chart, daily_chart
 from app.db.models import Account, ApiKey
 from app.errors import InvalidRequest, NotFound
-from app.money import parse_money
 from app.payments import repository as payments_repository
 from app.payments import service as payments
 from app.payments.config import BillingConfig
-from app.payments.runtime import require_stripe
 from app.payments.schemas import auto_recharge_view
 from app.pricing import Catalog
 from app.usage.schemas import GROUP_FIELDS, parse_usage_query
@@ -325,11 +322,11 @@ async def revoke_key(db: AsyncSession, account_id: uuid.UUID, key_id: str) -> Ap
     try:
         wanted = uuid.UUID(key_id)
     except ValueError:
-        wanted = None
-    keys = await key_repository.list_keys(db, account_id)
-    if wanted is None or all(k.id != wanted for k in keys):
-        raise NotFound("That key doesn't exist (or belongs to another account).")
-    return await accounts.revoke_key(db, wanted)
+        raise NotFound("That key doesn't exist (or belongs to another account).") from None
+    try:
+        return await accounts.revoke_key(db, wanted, account_id=account_id)
+    except NotFound:
+        raise NotFound("That key doesn't exist (or belongs to another account).") from None
 
 
 # ── auto-recharge ───────────────────────────────────────────────────────────────────────────
@@ -347,7 +344,6 @@ async def auto_recharge(db: AsyncSession, account: Account) -> dict[str, Any]:
 
 async def save_auto_recharge(
     db: AsyncSession,
-    state: State,
     config: BillingConfig,
     account: Account,
     *,
@@ -355,38 +351,13 @@ async def save_auto_recharge(
     threshold: str,
     amount: str,
 ) -> None:
-    """The rules of `POST /v1/billing/auto_recharge`: blank fields keep their saved values;
-    enabling needs both values, Stripe and a card saved by an earlier Checkout top-up."""
-    existing = await payments_repository.get_recharge_setting(db, account.id)
-    new_threshold = existing.threshold if existing else None
-    if threshold.strip():
-        try:
-            new_threshold = parse_money(clean_amount(threshold), field="threshold")
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param="threshold") from exc
-        if new_threshold < 0:
-            raise InvalidRequest("threshold must not be negative", param="threshold")
-    new_amount = existing.amount if existing else None
-    if amount.strip():
-        new_amount = payments.parse_topup_amount(
-            clean_amount(amount), currency=account.currency, config=config
-        )
-    if enabled:
-        require_stripe(state)
-        if new_threshold is None or new_amount is None:
-            missing = "threshold" if new_threshold is None else "amount"
-            raise InvalidRequest(f"Enter a {missing} to turn auto-recharge on.", param=missing)
-        customer = await payments_repository.get_customer(db, account.id)
-        if customer is None or customer.payment_method_id is None:
-            raise InvalidRequest(
-                "There is no saved card yet: top up once through Checkout, then turn "
-                "auto-recharge on.",
-                param="enabled",
-            )
-    await payments_repository.upsert_recharge_setting(
+    """The form's fields to the rules of `POST /v1/billing/auto_recharge` (one service for
+    both): a blank field keeps its saved value."""
+    await payments.save_auto_recharge(
         db,
-        account_id=account.id,
+        account,
+        config,
         enabled=enabled,
-        threshold=new_threshold if new_threshold is not None else Decimal(0),
-        amount=new_amount if new_amount is not None else config.topup_min,
+        threshold=clean_amount(threshold) if threshold.strip() else None,
+        amount=clean_amount(amount) if amount.strip() else None,
     )

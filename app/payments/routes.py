@@ -3,7 +3,6 @@ Stripe webhook (SPEC 4)."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from litestar import Request, Response, get, post
@@ -15,8 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import service as accounts
 from app.accounts.auth import Principal
-from app.errors import InvalidRequest, ServiceUnavailable
-from app.money import parse_money
+from app.errors import ServiceUnavailable
 from app.payments import checkout, inbox, repository, service
 from app.payments.runtime import auto_recharger, billing, require_stripe
 from app.payments.schemas import AutoRechargeRequest, CheckoutRequest, auto_recharge_view
@@ -82,35 +80,14 @@ async def set_auto_recharge(
 ) -> Response[dict[str, Any]]:
     """`{"enabled": true, "threshold": "10.00", "amount": "50.00"}`: when the balance falls
     below `threshold`, charge `amount` to the card saved by the last Checkout top-up."""
-    config = billing(state)
     account = await accounts.get_account(db, principal.account_id)
-    existing = await repository.get_recharge_setting(db, account.id)
-    threshold = _threshold(data.threshold, existing.threshold if existing else None)
-    amount: Decimal | None = existing.amount if existing else None
-    if data.amount is not None:
-        amount = service.parse_topup_amount(data.amount, currency=account.currency, config=config)
-    if data.enabled:
-        require_stripe(state)
-        if threshold is None or amount is None:
-            missing = "threshold" if threshold is None else "amount"
-            raise InvalidRequest(
-                f"Missing required field: {missing} (needed to enable auto-recharge)",
-                param=missing,
-                code="missing_field",
-            )
-        customer = await repository.get_customer(db, account.id)
-        if customer is None or customer.payment_method_id is None:
-            raise InvalidRequest(
-                "No saved card: top up once through Checkout first, then enable auto-recharge.",
-                param="enabled",
-                code="payment_method_required",
-            )
-    await repository.upsert_recharge_setting(
+    await service.save_auto_recharge(
         db,
-        account_id=account.id,
+        account,
+        billing(state),
         enabled=data.enabled,
-        threshold=threshold if threshold is not None else Decimal(0),
-        amount=amount if amount is not None else config.topup_min,
+        threshold=data.threshold,
+        amount=data.amount,
     )
     view = await _view(db, principal)
     # After the response, so after the commit: a balance already below the new threshold is
@@ -131,18 +108,6 @@ async def _view(db: AsyncSession, principal: Principal) -> dict[str, Any]:
         await repository.latest_attempt(db, account.id),
         account.currency,
     )
-
-
-def _threshold(value: str | int | None, saved: Decimal | None) -> Decimal | None:
-    if value is None:
-        return saved
-    try:
-        threshold = parse_money(value, field="threshold")
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param="threshold") from exc
-    if threshold < 0:
-        raise InvalidRequest("threshold must not be negative", param="threshold")
-    return threshold
 
 
 payment_routes = [create_checkout, stripe_webhook, get_auto_recharge, set_auto_recharge]

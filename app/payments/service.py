@@ -25,7 +25,8 @@ import stripe
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.credits import repository as ledger
-from app.errors import InvalidRequest
+from app.db.models import Account
+from app.errors import InvalidRequest, ServiceUnavailable
 from app.money import money_str, parse_money
 from app.payments import repository
 from app.payments.config import BillingConfig
@@ -403,6 +404,59 @@ class RechargePlan:
     @property
     def amount_minor(self) -> int:
         return to_minor(self.amount, self.currency)
+
+
+async def save_auto_recharge(
+    db: AsyncSession,
+    account: Account,
+    config: BillingConfig,
+    *,
+    enabled: bool,
+    threshold: str | int | None,
+    amount: str | int | None,
+) -> None:
+    """Auto-recharge settings, for the API and the dashboard alike: omitted values keep their
+    saved ones; enabling needs both values, Stripe, and a card saved by a Checkout top-up."""
+    existing = await repository.get_recharge_setting(db, account.id)
+    new_threshold = existing.threshold if existing else None
+    if threshold is not None:
+        try:
+            new_threshold = parse_money(threshold, field="threshold")
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="threshold") from exc
+        if new_threshold < 0:
+            raise InvalidRequest("threshold must not be negative", param="threshold")
+    new_amount = existing.amount if existing else None
+    if amount is not None:
+        new_amount = parse_topup_amount(amount, currency=account.currency, config=config)
+    if enabled:
+        if not config.stripe_enabled:
+            raise ServiceUnavailable(
+                "Auto-recharge is unavailable on this gateway: STRIPE_API_KEY is not set.",
+                code="payments_not_configured",
+            )
+        if new_threshold is None or new_amount is None:
+            missing = "threshold" if new_threshold is None else "amount"
+            raise InvalidRequest(
+                f"Missing required field: {missing} (needed to enable auto-recharge)",
+                param=missing,
+                code="missing_field",
+            )
+        customer = await repository.get_customer(db, account.id)
+        if customer is None or customer.payment_method_id is None:
+            raise InvalidRequest(
+                "There is no saved card yet: top up once through Checkout, then enable "
+                "auto-recharge.",
+                param="enabled",
+                code="payment_method_required",
+            )
+    await repository.upsert_recharge_setting(
+        db,
+        account_id=account.id,
+        enabled=enabled,
+        threshold=new_threshold if new_threshold is not None else Decimal(0),
+        amount=new_amount if new_amount is not None else config.topup_min,
+    )
 
 
 async def plan_recharge(
