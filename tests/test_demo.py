@@ -1,0 +1,77 @@
+"""`tollgate demo` as a user runs it: a real process on its own embedded database, its banner
+(SPEC 2), and the printed key working through the official SDK."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+
+from tests.support.process import free_port
+
+
+def _read_banner(process: subprocess.Popen[str], timeout: float = 120) -> str:
+    """stdout up to the end of the banner (or the process's end)."""
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not selector.select(timeout=1):
+            continue
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("Press Ctrl+C"):
+            break
+    return "".join(lines)
+
+
+def test_demo_prints_a_working_key_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DATABASE_URL", "TOLLGATE_ADMIN_TOKEN", "UPSTREAM_BASE_URL"}
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "demo", "--port", str(port)],
+        cwd=tmp_path,  # the embedded database goes to ./.tollgate, here
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        banner = _read_banner(process)
+        assert banner.startswith(f"Gateway: http://127.0.0.1:{port}\n"), banner
+        assert re.findall(r"https?://[^\s\"/]+", banner)[0] == f"http://127.0.0.1:{port}"
+        keys = set(re.findall(r"\btg-[A-Za-z0-9_-]+", banner))
+        assert len(keys) == 1, keys  # no other printed token starts with `tg-`
+        [key] = keys
+        assert "curl " in banner and "from openai import OpenAI" in banner
+
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key)
+        reply = client.chat.completions.create(
+            model="llama-3.3-70b-online", messages=[{"role": "user", "content": "Hi!"}]
+        )
+        assert reply.choices[0].message.content == "You said: Hi!"
+        assert reply.usage is not None and reply.usage.prompt_tokens > 0
+        assert (tmp_path / ".tollgate").is_dir()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode == 0
