@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import openai
@@ -18,22 +17,24 @@ from tests.support.process import free_port
 
 
 def _read_banner(process: subprocess.Popen[str], timeout: float = 120) -> str:
-    """stdout up to the end of the banner (or the process's end)."""
+    """stdout up to the end of the banner (or the process's end), read in a thread so that a
+    demo that hangs fails the test instead of blocking it."""
     assert process.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not selector.select(timeout=1):
-            continue
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("Press Ctrl+C"):
-            break
-    return "".join(lines)
+    stdout = process.stdout
+
+    def read() -> str:
+        lines: list[str] = []
+        for line in stdout:
+            lines.append(line)
+            if line.startswith("Press Ctrl+C"):
+                break
+        return "".join(lines)
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(read).result(timeout=timeout)
+    finally:
+        pool.shutdown(wait=False)  # the test stops the process, which ends the read
 
 
 def test_demo_prints_a_working_key_and_stops_cleanly(tmp_path: Path) -> None:
