@@ -19,6 +19,7 @@ from app.credits import service as credits
 from app.credits.holds import HoldKeeper
 from app.metering.schemas import Settlement, UsageEventRecord
 from app.metering.writer import UsageWriter
+from tests.support.events import usage_event
 
 
 @pytest.fixture
@@ -71,32 +72,6 @@ async def _totals(engine: AsyncEngine, account_id: uuid.UUID) -> dict[str, Decim
     }
 
 
-def _event(account_id: uuid.UUID, cost: str, key: str | None = None) -> UsageEventRecord:
-    event_id = uuid.uuid4()
-    return UsageEventRecord(
-        account_id=account_id,
-        id=event_id,
-        time=datetime.now(UTC),
-        event_key=key or f"gw:{event_id.hex}",
-        api_key_id=None,
-        user=None,
-        endpoint="/v1/chat/completions",
-        model="llama-3.1-8b",
-        prompt_tokens=10,
-        cached_tokens=0,
-        completion_tokens=5,
-        images=0,
-        search_requests=0,
-        audio_seconds=Decimal(0),
-        cost=Decimal(cost),
-        currency="EUR",
-        price_version="2025-01-01",
-        charge_json="[]",
-        usage_source="upstream",
-        outcome="completed",
-    )
-
-
 async def test_parallel_holds_never_reserve_more_than_the_balance(
     clean_db: AsyncEngine, keeper_for: Callable[..., HoldKeeper]
 ) -> None:
@@ -117,7 +92,7 @@ async def test_settlement_charges_once_and_releases_the_hold(
     writer.start()
     try:
         hold = await keeper.place(account_id, Decimal("0.5"))
-        event = _event(account_id, "0.000123456789")
+        event = usage_event(account_id, "0.000123456789")
         settlement = Settlement(account_id, hold.hold_id, event)
         # The same settlement delivered again (a retry) and concurrently changes nothing more.
         await asyncio.gather(*(writer.settle(settlement) for _ in range(5)))
@@ -140,7 +115,7 @@ async def test_many_concurrent_settlements_share_commits_and_sum_exactly(
     writer = UsageWriter(clean_db)
     writer.start()
     try:
-        events = [_event(accounts[i % 5], f"0.00{i:04d}") for i in range(500)]
+        events = [usage_event(accounts[i % 5], f"0.00{i:04d}") for i in range(500)]
         await asyncio.gather(*(writer.settle(Settlement(e.account_id, None, e)) for e in events))
     finally:
         await writer.close()
@@ -153,7 +128,7 @@ async def test_many_concurrent_settlements_share_commits_and_sum_exactly(
 
 async def test_back_dated_event_gets_its_month_partition(clean_db: AsyncEngine) -> None:
     account_id = await _account(clean_db, "1")
-    event = _event(account_id, "0.01")
+    event = usage_event(account_id, "0.01")
     old = UsageEventRecord(
         **{
             **{f: getattr(event, f) for f in event.__slots__},

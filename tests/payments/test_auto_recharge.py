@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import create_sessionmaker
-from app.metering.schemas import Settlement, UsageEventRecord
+from app.metering.schemas import Settlement
 from app.metering.writer import UsageWriter
 from app.payments.auto_recharge import AutoRecharger
 from app.payments.config import BillingConfig
@@ -23,6 +23,7 @@ from tests.conftest import ADMIN_TOKEN, new_account_with_key
 from tests.payments.apps import billing_app, start
 from tests.payments.test_webhook import account_view, deliver, ledger
 from tests.support import fake_stripe as stripe_fake
+from tests.support.events import usage_event
 from tests.support.fake_stripe import FakeStripe
 from tests.support.live import LiveServer
 from tests.support.upstream import FakeUpstream
@@ -62,38 +63,11 @@ async def save_card(
 
 async def spend(engine: AsyncEngine, account_id: str, cost: str) -> None:
     """Usage settled through the real writer, as a proxied request would be."""
-    event_id = uuid.uuid4()
     writer = UsageWriter(engine)
     writer.start()
     try:
-        await writer.settle(
-            Settlement(
-                uuid.UUID(account_id),
-                None,
-                UsageEventRecord(
-                    account_id=uuid.UUID(account_id),
-                    id=event_id,
-                    time=datetime.now(UTC),
-                    event_key=f"test:{event_id}",
-                    api_key_id=None,
-                    user=None,
-                    endpoint="/v1/chat/completions",
-                    model="llama-3.1-8b",
-                    prompt_tokens=1,
-                    cached_tokens=0,
-                    completion_tokens=1,
-                    images=0,
-                    search_requests=0,
-                    audio_seconds=Decimal(0),
-                    cost=Decimal(cost),
-                    currency="EUR",
-                    price_version="2025-01-01",
-                    charge_json="[]",
-                    usage_source="upstream",
-                    outcome="completed",
-                ),
-            )
-        )
+        event = usage_event(uuid.UUID(account_id), cost)
+        await writer.settle(Settlement(event.account_id, None, event))
     finally:
         await writer.close()
 

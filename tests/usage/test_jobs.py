@@ -24,33 +24,8 @@ from app.usage import reconciliation
 from app.usage.cli import reconcile_command
 from app.usage.partitions import maintain_partitions, months_from
 from app.usage.rollups import roll_up
+from tests.support.events import usage_event
 from tests.usage.conftest import roll_up_now
-
-
-def _event(account_id: uuid.UUID, time: datetime, cost: str = "0.25") -> UsageEventRecord:
-    event_id = uuid.uuid4()
-    return UsageEventRecord(
-        account_id=account_id,
-        id=event_id,
-        time=time,
-        event_key=f"gw:{event_id.hex}",
-        api_key_id=None,
-        user=None,
-        endpoint="/v1/chat/completions",
-        model="llama-3.1-8b",
-        prompt_tokens=1,
-        cached_tokens=0,
-        completion_tokens=1,
-        images=0,
-        search_requests=0,
-        audio_seconds=Decimal(0),
-        cost=Decimal(cost),
-        currency="EUR",
-        price_version="2025-01-01",
-        charge_json="{}",
-        usage_source="upstream",
-        outcome="completed",
-    )
 
 
 async def _account(engine: AsyncEngine, credit: str = "10") -> uuid.UUID:
@@ -101,7 +76,7 @@ async def test_watermark_never_passes_an_open_transaction(clean_db: AsyncEngine)
     """An event whose transaction started before a rollup run but commits after it is neither
     lost nor counted twice: the watermark stops at that transaction's start."""
     account_id = await _account(clean_db)
-    event = _event(account_id, datetime(2025, 3, 1, tzinfo=UTC))
+    event = usage_event(account_id, "0.25", time=datetime(2025, 3, 1, tzinfo=UTC))
     async with clean_db.connect() as writer:
         await writer.begin()
         await _settle(writer, event)  # stamped ingested_at = this transaction's start
@@ -117,7 +92,9 @@ async def test_watermark_never_passes_an_open_transaction(clean_db: AsyncEngine)
 async def test_rollup_lag_keeps_the_newest_events_raw(clean_db: AsyncEngine) -> None:
     account_id = await _account(clean_db)
     async with clean_db.begin() as connection:
-        await _settle(connection, _event(account_id, datetime(2025, 3, 1, tzinfo=UTC)))
+        await _settle(
+            connection, usage_event(account_id, "0.25", time=datetime(2025, 3, 1, tzinfo=UTC))
+        )
     async with clean_db.begin() as connection:
         run = await roll_up(connection, lag_seconds=3600)
     assert run.events == 0 and await _folded(clean_db, account_id) == 0
@@ -180,7 +157,9 @@ async def test_reconciliation_finds_and_reports_mismatches(
     broken = await _account(clean_db)
     async with clean_db.begin() as connection:
         for account_id in (healthy, broken):
-            await _settle(connection, _event(account_id, datetime(2025, 3, 1, tzinfo=UTC)))
+            await _settle(
+                connection, usage_event(account_id, "0.25", time=datetime(2025, 3, 1, tzinfo=UTC))
+            )
     async with clean_db.begin() as connection:
         report = await reconciliation.reconcile(connection)
     assert (report.accounts, report.mismatches) == (2, [])
