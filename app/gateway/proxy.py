@@ -200,11 +200,16 @@ class Gateway:
                 options["include_usage"] = True
                 body["stream_options"] = options
             content = _encode(body)
+        is_json = call.request.body is not None
         headers = [
             (name, value)
             for name, value in request.headers.items()
             if name.lower() not in _DROP_REQUEST_HEADERS
+            and not (is_json and name.lower() == "content-type")
         ]
+        if is_json:
+            # Whatever the client declared, the body was parsed as JSON (and may be re-encoded).
+            headers.append(("content-type", "application/json"))
         headers.append(("accept-encoding", "identity"))
         headers.append(("x-request-id", call.request_id))
         if upstream.api_key:

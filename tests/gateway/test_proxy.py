@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import resource
 from decimal import Decimal
 from typing import Any
@@ -37,6 +38,7 @@ async def test_chat_matches_upstream_and_is_metered(
     assert reply.model_dump(exclude=ignore) == direct.model_dump(exclude=ignore)
     sent = upstream.requests[0]
     assert sent.headers["authorization"] == "Bearer upstream-secret"  # never the customer's key
+    assert sent.headers["content-type"] == "application/json"
     assert sent.body["user"] == "u-1"
     [event] = await events(clean_db, funded[0]["id"])
     assert event.prompt_tokens == reply.usage.prompt_tokens
@@ -319,3 +321,14 @@ async def test_a_fifty_megabyte_stream_is_never_buffered(
     assert growth_mib < 25, growth_mib
     [event] = await events(clean_db, funded[0]["id"])
     assert event.outcome == "completed"
+
+
+async def test_a_json_body_is_forwarded_as_json_whatever_its_declared_type(
+    raw: httpx.AsyncClient, upstream: FakeUpstream, funded: tuple[dict[str, Any], str]
+) -> None:
+    body = json.dumps({"model": "llama-3.1-8b", "messages": HELLO}).encode()
+    response = await raw.post(
+        "/v1/chat/completions", content=body, headers={"content-type": "text/plain"}
+    )
+    assert response.status_code == 200, response.text
+    assert upstream.requests[-1].headers["content-type"] == "application/json"
