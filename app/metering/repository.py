@@ -7,11 +7,12 @@ from collections.abc import Collection, Sequence
 from datetime import date
 
 import asyncpg
+import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.engine import DriverStatement
-from app.metering.schemas import Settlement
+from app.metering.schemas import Settlement, UsageEventRecord
 
 EVENT_COLUMNS = (
     ("account_id", "uuid"),
@@ -36,16 +37,20 @@ EVENT_COLUMNS = (
     ("outcome", "text"),
 )
 _NAMES = ", ".join(f'"{name}"' for name, _ in EVENT_COLUMNS)
-_ARRAYS = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in EVENT_COLUMNS)
 _STORED = _NAMES.replace('"charge_json"', '"charge"')
-_SELECTED = _NAMES.replace('"charge_json"', '"charge_json"::jsonb')
+# The batch travels as ONE JSON array of event objects (encoded by msgspec, parsed by Postgres in
+# C): measured here, about half the Python CPU of 20 typed parameter arrays, whose encoding led
+# both the request path's settlement and ingestion. Money is a JSON string, read exactly.
+_RECORD = ", ".join(
+    f'"{name}" {"jsonb" if name == "charge_json" else kind}' for name, kind in EVENT_COLUMNS
+)
 
 # The ledger entry goes first: its unique (account_id, reference) admits each event once, so a
 # retried batch inserts only what is new, and balances move only by what was inserted.
 SETTLE_SQL = text(
     f"""
     WITH input AS (
-        SELECT * FROM unnest({_ARRAYS}) AS t({_NAMES})
+        SELECT * FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS t({_RECORD})
     ), ledger AS (
         INSERT INTO ledger_entries (account_id, id, kind, amount, reference)
         SELECT account_id, id, 'usage', -cost, 'usage:' || event_key FROM input
@@ -53,7 +58,7 @@ SETTLE_SQL = text(
         RETURNING account_id, id, amount
     ), events AS (
         INSERT INTO usage_events ({_STORED})
-        SELECT {_SELECTED} FROM input JOIN ledger USING (account_id, id)
+        SELECT {_NAMES} FROM input JOIN ledger USING (account_id, id)
         RETURNING 1
     ), released AS (
         DELETE FROM holds h
@@ -84,15 +89,23 @@ SETTLE_SQL = text(
 _SETTLE = DriverStatement.of(SETTLE_SQL)
 
 
+def _event_json(event: UsageEventRecord) -> dict[str, object]:
+    document: dict[str, object] = {name: getattr(event, name) for name in _FIELDS}
+    document["charge_json"] = msgspec.Raw(event.charge_json.encode())  # already JSON
+    return document
+
+
+_FIELDS = tuple(name for name, _ in EVENT_COLUMNS if name != "charge_json")
+_encode = msgspec.json.Encoder(decimal_format="string").encode
+
+
 def _settle_params(batch: Sequence[Settlement]) -> dict[str, object]:
-    events = [s.event for s in batch if s.event is not None]
     holds = [(s.account_id, s.hold_id) for s in batch if s.hold_id is not None]
-    params: dict[str, object] = {
-        name: [getattr(event, name) for event in events] for name, _ in EVENT_COLUMNS
+    return {
+        "events": _encode([_event_json(s.event) for s in batch if s.event is not None]).decode(),
+        "hold_accounts": [account_id for account_id, _ in holds],
+        "hold_ids": [hold_id for _, hold_id in holds],
     }
-    params["hold_accounts"] = [account_id for account_id, _ in holds]
-    params["hold_ids"] = [hold_id for _, hold_id in holds]
-    return params
 
 
 async def settle(connection: AsyncConnection, batch: Sequence[Settlement]) -> int:
