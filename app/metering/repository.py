@@ -76,7 +76,7 @@ SETTLE_SQL = text(
             held = a.held - d.released
         FROM (
             SELECT account_id, sum(spent) AS spent, sum(released) AS released
-            FROM deltas GROUP BY account_id
+            FROM deltas GROUP BY account_id ORDER BY account_id
         ) d
         WHERE a.id = d.account_id
         RETURNING a.id
@@ -100,6 +100,9 @@ _encode = msgspec.json.Encoder(decimal_format="string").encode
 
 
 def _settle_params(batch: Sequence[Settlement]) -> dict[str, object]:
+    # Rows are locked in account order, so concurrent settlements (other processes, ingestion)
+    # wait for each other instead of deadlocking.
+    batch = sorted(batch, key=lambda s: s.account_id)
     holds = [(s.account_id, s.hold_id) for s in batch if s.hold_id is not None]
     return {
         "events": _encode([_event_json(s.event) for s in batch if s.event is not None]).decode(),
