@@ -157,7 +157,8 @@ async def test_holds_of_a_dead_process_expire(
     alive = keeper_for()
     assert not (await alive.place(account_id, Decimal("0.5"))).granted
     await asyncio.sleep(0.3)
-    assert await alive.maintain_once() == 1
+    # Any instance sweeps: a server of another test on this database may have done it first.
+    assert await alive.maintain_once() in (0, 1)
     totals = await _totals(clean_db, account_id)
     assert totals["held"] == totals["holds"] == 0
     assert (await alive.place(account_id, Decimal("0.5"))).granted

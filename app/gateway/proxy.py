@@ -349,7 +349,7 @@ class Gateway:
             cost=charge.total,
             currency=charge.currency,
             price_version=str(charge.price_version),
-            charge_json=_encode(charge_to_json(charge)).decode(),
+            charge=msgspec.Raw(_encode(charge_to_json(charge))),
             usage_source=usage.source,
             outcome=outcome,
         )

@@ -59,7 +59,7 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]  # stored as `integer`
 _encode = msgspec.json.Encoder().encode
 
 
-class IngestEvent(msgspec.Struct, forbid_unknown_fields=True):
+class IngestEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
     account_id: uuid.UUID
     time: Annotated[datetime, msgspec.Meta(tz=True)]
@@ -251,7 +251,7 @@ def price_event(event: IngestEvent, catalog: Catalog, now: datetime) -> UsageEve
         cost=charge.total,
         currency=charge.currency,
         price_version=str(charge.price_version),
-        charge_json=charge_json(charge),
+        charge=msgspec.Raw(charge_json(charge).encode()),
         usage_source="ingested",
         outcome="completed",
     )

@@ -7,9 +7,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class UsageEventRecord:
+
+class UsageEventRecord(msgspec.Struct, frozen=True, gc=False):
+    """Its fields are the stored columns by name: a batch of them is encoded as one JSON
+    document (by msgspec, in C) and read by Postgres with `jsonb_to_recordset`."""
+
     account_id: uuid.UUID
     id: uuid.UUID
     time: datetime
@@ -27,7 +31,7 @@ class UsageEventRecord:
     cost: Decimal
     currency: str
     price_version: str
-    charge_json: str  # the itemised charge, serialised
+    charge: msgspec.Raw  # the itemised charge, as JSON
     usage_source: str
     outcome: str
 

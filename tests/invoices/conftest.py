@@ -9,6 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 
 import httpx
+import msgspec
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -67,7 +68,7 @@ def priced_event(account_id: str, at: datetime, model: str, usage: Usage) -> Usa
         cost=charge.total,
         currency=charge.currency,
         price_version=charge.price_version.isoformat(),
-        charge_json=json.dumps(charge_to_json(charge)),
+        charge=msgspec.Raw(json.dumps(charge_to_json(charge)).encode()),
         usage_source="upstream",
         outcome="completed",
     )

@@ -11,6 +11,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import httpx
+import msgspec
 from pypdf import PdfReader
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -323,13 +324,7 @@ async def test_cli_run_and_unitemised_usage(
         account["id"], JUNE + timedelta(days=1), "llama-3.1-8b", Usage(prompt_tokens=1)
     )
     # An event stored without itemised lines (e.g. from an older writer) is still billed.
-    bare = bare.__class__(
-        **{
-            **{f: getattr(bare, f) for f in bare.__slots__},
-            "charge_json": "[]",
-            "cost": Decimal("0.125"),
-        }
-    )
+    bare = msgspec.structs.replace(bare, charge=msgspec.Raw(b"[]"), cost=Decimal("0.125"))
     await record(clean_db, [bare])
     result = await asyncio.to_thread(
         run_period_blocking, database_url, make_settings(database_url), "2026-06"

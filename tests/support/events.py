@@ -6,6 +6,8 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import msgspec
+
 from app.metering.schemas import UsageEventRecord
 
 
@@ -35,7 +37,7 @@ def usage_event(
         cost=Decimal(cost),
         currency="EUR",
         price_version="2025-01-01",
-        charge_json="[]",
+        charge=msgspec.Raw(b"[]"),
         usage_source="upstream",
         outcome="completed",
     )

@@ -207,7 +207,7 @@ def _record(account_id: uuid.UUID, event: Event) -> UsageEventRecord:
         cost=event.cost,
         currency="EUR",
         price_version="2025-01-01",
-        charge_json="{}",
+        charge=msgspec.Raw(b"{}"),
         usage_source="upstream",
         outcome="completed",
     )
