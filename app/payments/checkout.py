@@ -1,7 +1,7 @@
 """Creating a Stripe Checkout Session for a top-up (SPEC 3.5).
 
-No database transaction is held open while Stripe is called: the account is read in one short
-transaction, the Stripe Customer (created once per account) is stored in another.
+One Stripe call, no database transaction held open while it runs. The first top-up has Stripe
+create the account's Customer; the completed session's webhook stores it for the next ones.
 """
 
 from __future__ import annotations
@@ -38,25 +38,15 @@ async def create_checkout(
         if currency is None:
             raise NotFound(f"No account with id {account_id}", param="account_id")
         customer = await repository.get_customer(session, account_id)
-        name, email = await repository.account_contact(session, account_id)
+        _, email = await repository.account_contact(session, account_id)
     value = service.parse_topup_amount(amount, currency=currency, config=config)
+    success_url, cancel_url = service.checkout_urls(config)
     try:
-        if customer is None:
-            customer_id = await gateway.create_customer(
-                account_id=str(account_id),
-                name=name,
-                email=email,
-                # One Customer per account, also when two first top-ups race.
-                idempotency_key=f"tollgate-customer-{account_id}",
-            )
-            async with sessionmaker() as session, session.begin():
-                customer = await repository.insert_customer(
-                    session, account_id=account_id, customer_id=customer_id
-                )
-        success_url, cancel_url = service.checkout_urls(config)
         return await gateway.create_checkout_session(
             account_id=str(account_id),
-            customer_id=customer.customer_id,
+            # None until a completed session has told us the Customer Stripe made.
+            customer_id=None if customer is None else customer.customer_id,
+            email=email,
             amount=value,
             currency=currency,
             product_name=service.product_name(value, currency),

@@ -107,18 +107,16 @@ async def get_customer(session: AsyncSession, account_id: uuid.UUID) -> StripeCu
     )
 
 
-async def insert_customer(
+async def remember_customer(
     session: AsyncSession, *, account_id: uuid.UUID, customer_id: str
-) -> StripeCustomer:
-    """The account's customer: this one, or the one a concurrent request stored first."""
+) -> None:
+    """The Customer Stripe made at the account's first top-up, reused by the next ones; the
+    first one stored stays (two first top-ups paid at once made two)."""
     await session.execute(
         insert(StripeCustomer)
         .values(account_id=account_id, customer_id=customer_id)
         .on_conflict_do_nothing(index_elements=["account_id"])
     )
-    customer = await get_customer(session, account_id)
-    assert customer is not None
-    return customer
 
 
 async def save_payment_method(
@@ -129,18 +127,26 @@ async def save_payment_method(
     payment_method_id: str,
     saved_at: datetime,
 ) -> bool:
-    """Remember the card of a top-up for auto-recharge, unless a newer one is already saved
-    (webhooks may arrive out of order)."""
+    """Remember the card of a top-up, with the Customer it is saved on, for auto-recharge;
+    unless a newer card is already saved (webhooks arrive in any order, this one possibly
+    before its session's)."""
+    statement = insert(StripeCustomer).values(
+        account_id=account_id,
+        customer_id=customer_id,
+        payment_method_id=payment_method_id,
+        payment_method_saved_at=saved_at,
+    )
+    stored = StripeCustomer.payment_method_saved_at
     result = await session.execute(
-        update(StripeCustomer)
-        .where(
-            StripeCustomer.account_id == account_id,
-            StripeCustomer.customer_id == customer_id,
-            (StripeCustomer.payment_method_saved_at.is_(None))
-            | (StripeCustomer.payment_method_saved_at <= saved_at),
-        )
-        .values(payment_method_id=payment_method_id, payment_method_saved_at=saved_at)
-        .returning(StripeCustomer.account_id)
+        statement.on_conflict_do_update(
+            index_elements=["account_id"],
+            set_={
+                "customer_id": statement.excluded.customer_id,
+                "payment_method_id": statement.excluded.payment_method_id,
+                "payment_method_saved_at": statement.excluded.payment_method_saved_at,
+            },
+            where=stored.is_(None) | (stored <= statement.excluded.payment_method_saved_at),
+        ).returning(StripeCustomer.account_id)
     )
     return result.first() is not None
 

@@ -167,6 +167,9 @@ async def credit_checkout_session(
             "event": event_id,
         },
     )
+    customer_id = _stripe_id(checkout.get("customer"))
+    if customer_id is not None:
+        await repository.remember_customer(session, account_id=account_id, customer_id=customer_id)
     if payment_intent_id is not None:
         await repository.insert_payment(
             session,

@@ -2,7 +2,7 @@
 
 `STRIPE_API_BASE` replaces Stripe's API address (tests point it at a local fake). Every POST
 carries an idempotency key chosen by the caller, so the SDK's own network retries and ours
-can never create a second Customer, Checkout Session or charge.
+can never create a second Checkout Session or charge.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import stripe
-from stripe.params import CustomerCreateParams
+from stripe.params.checkout import SessionCreateParams
 
 from app.payments.currency import to_minor
 
@@ -43,25 +43,12 @@ class StripeGateway:
     async def close(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]
 
-    async def create_customer(
-        self, *, account_id: str, name: str, email: str | None, idempotency_key: str
-    ) -> str:
-        params: CustomerCreateParams = {
-            "name": name,
-            "metadata": {"account_id": account_id},
-        }
-        if email:
-            params["email"] = email
-        customer = await self._client.v1.customers.create_async(
-            params, {"idempotency_key": idempotency_key}
-        )
-        return customer.id
-
     async def create_checkout_session(
         self,
         *,
         account_id: str,
-        customer_id: str,
+        customer_id: str | None,
+        email: str | None,
         amount: Decimal,
         currency: str,
         product_name: str,
@@ -69,33 +56,40 @@ class StripeGateway:
         cancel_url: str,
         idempotency_key: str,
     ) -> CheckoutSession:
-        session = await self._client.v1.checkout.sessions.create_async(
-            {
-                "mode": "payment",
-                "client_reference_id": account_id,
-                "customer": customer_id,
-                "metadata": {"account_id": account_id},
-                # One inline line item: no Product or Price objects to keep in sync.
-                "line_items": [
-                    {
-                        "price_data": {
-                            "currency": currency.lower(),
-                            "unit_amount": to_minor(amount, currency),
-                            "product_data": {"name": product_name},
-                        },
-                        "quantity": 1,
-                    }
-                ],
-                # Saves the card on the Customer so auto-recharge can charge it off-session;
-                # the metadata lets the PaymentIntent's events be traced back to the account.
-                "payment_intent_data": {
-                    "setup_future_usage": "off_session",
-                    "metadata": {"account_id": account_id, "purpose": "topup"},
-                },
-                "success_url": success_url,
-                "cancel_url": cancel_url,
+        params: SessionCreateParams = {
+            "mode": "payment",
+            "client_reference_id": account_id,
+            "metadata": {"account_id": account_id},
+            # One inline line item: no Product or Price objects to keep in sync.
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": currency.lower(),
+                        "unit_amount": to_minor(amount, currency),
+                        "product_data": {"name": product_name},
+                    },
+                    "quantity": 1,
+                }
+            ],
+            # Saves the card on the Customer so auto-recharge can charge it off-session;
+            # the metadata lets the PaymentIntent's events be traced back to the account.
+            "payment_intent_data": {
+                "setup_future_usage": "off_session",
+                "metadata": {"account_id": account_id, "purpose": "topup"},
             },
-            {"idempotency_key": idempotency_key},
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        }
+        # The one call of SPEC 3.5: a first top-up has Stripe create the Customer (and save the
+        # card on it); later ones reuse it, learnt from the completed session.
+        if customer_id is None:
+            params["customer_creation"] = "always"
+            if email:
+                params["customer_email"] = email  # prefilled on the payment page
+        else:
+            params["customer"] = customer_id
+        session = await self._client.v1.checkout.sessions.create_async(
+            params, {"idempotency_key": idempotency_key}
         )
         if not session.url:
             raise stripe.APIError("Stripe returned a Checkout Session without a URL")

@@ -35,22 +35,20 @@ async def save_card(
     billing: LiveServer,
     client: httpx.AsyncClient,
     account: dict[str, Any],
-    fake: FakeStripe,
     payment_method: str = "pm_card_visa",
     *,
     credit_minor: int = 2000,
-) -> None:
+) -> str:
     """A Checkout top-up as Stripe reports it: the session (credited) and its PaymentIntent
-    (which saved the card for off-session use)."""
+    (which saved the card for off-session use). Returns the Customer Stripe made."""
     response = await client.post("/v1/billing/checkout", json={"amount": "20.00"})
     assert response.status_code == 200
-    customer_id = fake.calls("/v1/checkout/sessions")[-1].form["customer"]
     session = stripe_fake.checkout_session(account["id"], credit_minor)
     intent = stripe_fake.payment_intent(
         account["id"],
         credit_minor,
         purpose="topup",
-        customer=customer_id,
+        customer=session["customer"],
         payment_method=payment_method,
         intent_id=session["payment_intent"],
     )
@@ -59,6 +57,7 @@ async def save_card(
     ).json()["outcome"] == "credited"
     saved = await deliver(billing, stripe_fake.event("payment_intent.succeeded", intent))
     assert saved.json()["outcome"] == "card_saved"
+    return str(session["customer"])
 
 
 async def spend(engine: AsyncEngine, account_id: str, cost: str) -> None:
@@ -111,7 +110,7 @@ async def test_settings_shape_and_validation(
     assert no_card.status_code == 400
     assert no_card.json()["error"]["code"] == "payment_method_required"
 
-    await save_card(billing, client, account, fake_stripe)
+    await save_card(billing, client, account)
     for body, param in (
         ({"enabled": True, "amount": "20"}, "threshold"),
         ({"enabled": True, "threshold": "5"}, "amount"),
@@ -137,11 +136,36 @@ async def test_settings_shape_and_validation(
     assert off.json()["threshold"] == "5.00"  # kept for when it is enabled again
 
 
+async def test_the_card_event_may_come_before_its_session_event(
+    billing: LiveServer, customer: Customer, fake_stripe: FakeStripe
+) -> None:
+    """Stripe does not order events: the saved card (and its Customer) are kept either way,
+    and the next top-up reuses that Customer."""
+    account, client = customer
+    session = stripe_fake.checkout_session(account["id"], 2000)
+    intent = stripe_fake.payment_intent(
+        account["id"],
+        2000,
+        purpose="topup",
+        customer=session["customer"],
+        payment_method="pm_card_visa",
+        intent_id=session["payment_intent"],
+    )
+    saved = await deliver(billing, stripe_fake.event("payment_intent.succeeded", intent))
+    assert saved.json()["outcome"] == "card_saved"
+    credited = await deliver(billing, stripe_fake.event("checkout.session.completed", session))
+    assert credited.json()["outcome"] == "credited"
+    view = await enable(client, "5.00", "20.00")
+    assert view["payment_method_saved"] is True
+    assert (await client.post("/v1/billing/checkout", json={"amount": "5"})).status_code == 200
+    assert fake_stripe.calls("/v1/checkout/sessions")[-1].form["customer"] == session["customer"]
+
+
 async def test_parallel_triggers_charge_once_when_the_balance_crosses_the_threshold(
     billing: LiveServer, customer: Customer, fake_stripe: FakeStripe, clean_db: AsyncEngine
 ) -> None:
     account, client = customer
-    await save_card(billing, client, account, fake_stripe)  # €20.00
+    customer_id = await save_card(billing, client, account)  # €20.00
     await enable(client, "10.00", "25.00")
     assert fake_stripe.calls("/v1/payment_intents") == []  # above the threshold
 
@@ -161,7 +185,7 @@ async def test_parallel_triggers_charge_once_when_the_balance_crosses_the_thresh
     assert (form["amount"], form["currency"]) == ("2500", "eur")
     assert (form["off_session"], form["confirm"]) == ("true", "true")
     assert form["payment_method"] == "pm_card_visa"
-    assert form["customer"] == fake_stripe.calls("/v1/checkout/sessions")[0].form["customer"]
+    assert form["customer"] == customer_id
     assert form["metadata[account_id]"] == account["id"]
     assert form["metadata[purpose]"] == "auto_recharge"
     assert charge.idempotency_key == f"tollgate-recharge-{form['metadata[attempt_id]']}"
@@ -186,7 +210,7 @@ async def test_enabling_below_the_threshold_recharges_at_once(
     billing: LiveServer, customer: Customer, fake_stripe: FakeStripe
 ) -> None:
     account, client = customer
-    await save_card(billing, client, account, fake_stripe, credit_minor=500)  # €5.00
+    await save_card(billing, client, account, credit_minor=500)  # €5.00
     await enable(client, "10.00", "50.00")
     for _ in range(100):
         if (await account_view(client))["balance"] == "55.00":
@@ -200,7 +224,7 @@ async def test_decline_backs_off_and_is_counted_once(
     billing: LiveServer, customer: Customer, fake_stripe: FakeStripe, clean_db: AsyncEngine
 ) -> None:
     account, client = customer
-    await save_card(billing, client, account, fake_stripe, "pm_card_chargeDeclined")
+    await save_card(billing, client, account, "pm_card_chargeDeclined")
     await client.post(
         "/v1/billing/auto_recharge", json={"enabled": False, "threshold": "30", "amount": "10"}
     )
@@ -238,7 +262,7 @@ async def test_at_most_three_charges_per_hour(
     billing: LiveServer, customer: Customer, fake_stripe: FakeStripe, clean_db: AsyncEngine
 ) -> None:
     account, client = customer
-    await save_card(billing, client, account, fake_stripe, credit_minor=500)
+    await save_card(billing, client, account, credit_minor=500)
     await client.post(
         "/v1/billing/auto_recharge", json={"enabled": False, "threshold": "100", "amount": "5"}
     )
@@ -258,7 +282,7 @@ async def test_an_unanswered_attempt_is_resumed_with_the_same_idempotency_key(
     billing: LiveServer, customer: Customer, fake_stripe: FakeStripe, clean_db: AsyncEngine
 ) -> None:
     account, client = customer
-    await save_card(billing, client, account, fake_stripe, credit_minor=500)
+    await save_card(billing, client, account, credit_minor=500)
     await enable(client, "1.00", "10.00")
     await spend(clean_db, account["id"], "4.50")  # €0.50 < €1.00
     # Stripe unreachable: the attempt stays pending, and nothing else may start meanwhile.
@@ -302,7 +326,7 @@ async def test_proxied_usage_below_the_threshold_triggers_a_recharge(
             async with httpx.AsyncClient(
                 base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
             ) as client:
-                await save_card(server, client, account, fake_stripe, credit_minor=1000)
+                await save_card(server, client, account, credit_minor=1000)
                 await enable(client, "10.00", "20.00")  # the balance is €10.00: not below
                 assert fake_stripe.calls("/v1/payment_intents") == []
                 reply = await client.post(

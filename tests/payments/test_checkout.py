@@ -10,6 +10,8 @@ import httpx
 import pytest
 
 from tests.payments.apps import PUBLIC_URL, billing_app, start
+from tests.payments.test_webhook import deliver
+from tests.support import fake_stripe as stripe_fake
 from tests.support.fake_stripe import FakeStripe
 from tests.support.live import LiveServer
 
@@ -42,26 +44,32 @@ async def test_creates_one_checkout_session_with_inline_line_item(
     assert form["cancel_url"].startswith(PUBLIC_URL)
     assert created.idempotency_key
 
-    # One Stripe Customer per account, created once and passed to the session.
-    [made] = fake_stripe.calls("/v1/customers")
-    assert made.form["metadata[account_id]"] == account["id"]
-    assert form["customer"] == fake_stripe.objects[form["customer"]]["id"]
+    # SPEC 3.5's one call: Stripe creates the Customer during the first top-up.
+    assert form["customer_creation"] == "always" and "customer" not in form
+    assert fake_stripe.calls("/v1/customers") == []
 
 
-async def test_customer_is_created_once_and_each_attempt_has_its_own_key(
-    customer: tuple[dict[str, Any], httpx.AsyncClient], fake_stripe: FakeStripe
+async def test_later_top_ups_reuse_the_customer_of_a_completed_session(
+    customer: tuple[dict[str, Any], httpx.AsyncClient], fake_stripe: FakeStripe, billing: LiveServer
 ) -> None:
-    _, client = customer
+    account, client = customer
     responses = await asyncio.gather(
         *(client.post("/v1/billing/checkout", json={"amount": "5"}) for _ in range(4))
     )
     assert [r.status_code for r in responses] == [200] * 4
-    sessions = fake_stripe.calls("/v1/checkout/sessions")
-    assert len({s.idempotency_key for s in sessions}) == 4
-    assert len({s.form["customer"] for s in sessions}) == 1
-    # Racing first top-ups share one idempotency key for the Customer: Stripe makes one.
-    assert len({c.idempotency_key for c in fake_stripe.calls("/v1/customers")}) == 1
     assert len({r.json()["id"] for r in responses}) == 4
+    sessions = fake_stripe.calls("/v1/checkout/sessions")
+    assert len({s.idempotency_key for s in sessions}) == 4  # each attempt a key of its own
+    assert all(s.form["customer_creation"] == "always" for s in sessions)
+
+    paid = stripe_fake.checkout_session(account["id"], 500)
+    delivered = await deliver(billing, stripe_fake.event("checkout.session.completed", paid))
+    assert delivered.json()["outcome"] == "credited"
+    again = await client.post("/v1/billing/checkout", json={"amount": "5"})
+    assert again.status_code == 200
+    form = fake_stripe.calls("/v1/checkout/sessions")[-1].form
+    assert form["customer"] == paid["customer"] and "customer_creation" not in form
+    assert fake_stripe.calls("/v1/customers") == []
 
 
 async def test_client_idempotency_key_returns_the_same_session(

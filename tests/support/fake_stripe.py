@@ -204,6 +204,12 @@ class FakeStripe:
         items = p.get("line_items") or []
         if p.get("mode") not in ("payment", "setup", "subscription") or not items:
             return 400, _error("invalid_request_error", "Missing required param: mode.", "mode")
+        if p.get("customer") and p.get("customer_creation"):
+            return 400, _error(
+                "invalid_request_error",
+                "You may only specify one of these parameters: customer, customer_creation.",
+                "customer_creation",
+            )
         price = items[0].get("price_data") or {}
         quantity = int(items[0].get("quantity") or 1)
         session_id = _id("cs")
