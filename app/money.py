@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
+# What the ledger stores exactly: numeric(38, 12) (app/db/base.py). More places would be
+# rounded by Postgres, a larger amount refused by it.
+LEDGER_PLACES = 12
+LEDGER_LIMIT = Decimal(10) ** (38 - LEDGER_PLACES)
+
 
 def money_str(amount: Decimal) -> str:
     """Exact plain-notation string without trailing zeros beyond two places: `0.006016`,
@@ -28,3 +33,14 @@ def parse_money(value: object, *, field: str) -> Decimal:
     if not amount.is_finite():
         raise ValueError(f"{field} must be a finite decimal")
     return amount
+
+
+def ledger_amount_problem(amount: Decimal) -> str | None:
+    """Why a finite `amount` cannot be stored exactly in the ledger, or None."""
+    if abs(amount) >= LEDGER_LIMIT:
+        return f"must be less than {LEDGER_LIMIT:f}"
+    _, digits, exponent = amount.as_tuple()
+    beyond = -LEDGER_PLACES - int(exponent)  # digits past the last stored place
+    if beyond > 0 and any(digits[-beyond:]):
+        return f"has more than {LEDGER_PLACES} decimal places"
+    return None

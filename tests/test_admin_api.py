@@ -139,6 +139,8 @@ async def test_bad_credit_bodies_are_400_and_change_nothing(admin: httpx.AsyncCl
         ({"amount": 1.5}, "amount"),
         ({"amount": "ten"}, "amount"),
         ({"amount": "NaN"}, "amount"),
+        ({"amount": "0.0000000000001"}, "amount"),  # would be stored as 0: never rounded
+        ({"amount": "1e26"}, "amount"),  # beyond what the ledger holds
         ({"amount": "1", "kind": "refund"}, "kind"),
         ({"amount": "1", "colour": "red"}, "colour"),
         ({}, "amount"),

@@ -13,7 +13,7 @@ from app.credits import repository
 from app.credits.tiers import TierTable
 from app.db.models import Account, LedgerEntry
 from app.errors import InvalidRequest, NotFound
-from app.money import money_str
+from app.money import ledger_amount_problem, money_str
 
 CREDIT_KINDS = ("purchase", "grant")
 
@@ -37,6 +37,9 @@ async def add_credit(
         raise InvalidRequest(f"kind must be one of {', '.join(CREDIT_KINDS)}", param="kind")
     if not amount.is_finite() or amount <= 0:
         raise InvalidRequest("amount must be a positive decimal string", param="amount")
+    if problem := ledger_amount_problem(amount):
+        # Never rounded silently (a credit of 1e-13 would be stored as 0).
+        raise InvalidRequest(f"amount {problem}", param="amount")
     if await session.get(Account, account_id) is None:
         raise NotFound(f"No account with id {account_id}", param="account_id")
     reference = reference or f"credit:{uuid.uuid4()}"

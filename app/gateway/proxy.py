@@ -172,8 +172,10 @@ class Gateway:
             call.limit_headers = (await self.limiter.admit(account_id, tier, tokens)).headers()
             call.reserved_tokens = tokens  # corrected to the actual usage at settlement
             upstream_response = await self._send_upstream(call, request, raw)
-        except BaseException:
+        except BaseException as exc:
             await self._settle(call, None, "not_forwarded")
+            if isinstance(exc, TollgateError):  # e.g. 502/504: the limit headers still apply
+                exc.headers = {**call.limit_headers, **exc.headers}
             raise
         try:
             return await self._respond(call, upstream_response)

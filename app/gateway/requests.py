@@ -127,8 +127,10 @@ def inspect_json(endpoint: str, body: dict[str, Any], default_max_tokens: int) -
         _stream_flags(body, request)
         request.prompt_tokens = tokens.count_prompt(prompt)
         request.n = (_optional_int(body, "n", minimum=1) or 1) * max(1, _prompt_count(prompt))
-        # The legacy endpoint's own default is 16 tokens (seed 001).
-        request.max_output_tokens = _optional_int(body, "max_tokens", minimum=0) or 16
+        # SPEC 7's hold, not the legacy endpoint's documented 16 (seed 001): an upstream may
+        # default higher, and a hold too small lets the credit be overdrawn.
+        cap = _optional_int(body, "max_tokens", minimum=0)
+        request.max_output_tokens = cap or default_max_tokens
     elif endpoint == EMBEDDINGS:
         embedded = _require(body, "input", (str, list), "a string or an array")
         request.prompt_tokens = tokens.count_prompt(embedded)

@@ -6,13 +6,17 @@
    `processed_at` commit together. A concurrent re-delivery waits on that lock and then finds
    the event processed; a failed attempt leaves it unprocessed for the next delivery or for
    `retry_unprocessed_events`.
+3. Stripe does not order events: a refund or dispute may arrive before the purchase it
+   reverses is credited. Such an event is answered 200 but stays unprocessed, and the retry
+   job tries it again until `WAIT_FOR_PAYMENT` has passed since it arrived (then it is a
+   payment Tollgate never credited, e.g. another product's on the same Stripe account).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,6 +25,9 @@ from app.payments import repository, service
 from app.payments.config import BillingConfig
 
 logger = logging.getLogger(__name__)
+
+WAIT_FOR_PAYMENT = timedelta(hours=24)
+WAITING = "waiting_for_payment"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +60,14 @@ async def process_event(
             if stored is None:
                 return None
             outcome = await service.apply_event(session, stored.payload, config)
-            await repository.mark_event_processed(session, event_id, outcome)
+            arrived = datetime.now(UTC) - stored.received_at
+            if outcome == service.UNKNOWN_PAYMENT and arrived < WAIT_FOR_PAYMENT:
+                await repository.record_event_failure(
+                    session, event_id, "its payment is not credited yet"
+                )
+                outcome = WAITING
+            else:
+                await repository.mark_event_processed(session, event_id, outcome)
     except Exception as exc:
         async with sessionmaker() as session, session.begin():
             await repository.record_event_failure(session, event_id, repr(exc))

@@ -89,9 +89,11 @@ def verify_event(
     `secret`, made at most `tolerance` seconds ago; else a 400."""
     try:
         stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance)
-    except stripe.SignatureVerificationError as exc:
+    except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
+        # The SDK decodes the body before checking: bytes Stripe never sends fail there.
+        reason = exc.user_message if isinstance(exc, stripe.SignatureVerificationError) else None
         raise InvalidRequest(
-            f"Invalid Stripe signature: {exc.user_message or exc}",
+            f"Invalid Stripe signature: {reason or exc}",
             param="Stripe-Signature",
             code="invalid_signature",
         ) from exc
@@ -183,6 +185,10 @@ async def credit_checkout_session(
     return "credited" if entry is not None else "already_credited"
 
 
+# A refund or dispute of a payment not credited (yet): the inbox retries it for a while.
+UNKNOWN_PAYMENT = "unknown_payment"
+
+
 async def reverse_refunds(session: AsyncSession, charge: dict[str, Any]) -> str:
     """A `refund` entry for what was refunded on the charge since the last one we applied.
 
@@ -196,7 +202,7 @@ async def reverse_refunds(session: AsyncSession, charge: dict[str, Any]) -> str:
     )
     if payment is None:
         logger.warning("refund on charge %s of a payment Tollgate did not credit", charge.get("id"))
-        return "unknown_payment"
+        return UNKNOWN_PAYMENT
     if str(charge.get("currency", "")).upper() != payment.currency:
         logger.error("refund on charge %s in another currency", charge.get("id"))
         return "currency_mismatch"
@@ -238,7 +244,7 @@ async def reverse_dispute(session: AsyncSession, dispute: dict[str, Any]) -> str
     )
     if payment is None:
         logger.warning("dispute %s on a payment Tollgate did not credit", dispute.get("id"))
-        return "unknown_payment"
+        return UNKNOWN_PAYMENT
     if str(dispute.get("currency", "")).upper() != payment.currency:
         logger.error("dispute %s in another currency", dispute.get("id"))
         return "currency_mismatch"

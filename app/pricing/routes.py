@@ -1,6 +1,7 @@
 """`GET /v1/models` and `GET /v1/models/{id}`: the models priced now, in OpenAI's list shape.
 
-The catalog comes from the app-level `catalog` dependency; authentication is applied by the app.
+Customer routes like the rest of SPEC 3 (and OpenAI's): they need a valid API key, resolved by
+the app-level `principal` dependency; the catalog comes from the `catalog` dependency.
 """
 
 from __future__ import annotations
@@ -12,17 +13,24 @@ from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from app.accounts.auth import Principal
 from app.pricing.catalog import Catalog
 from app.pricing.listing import model_detail, models_list
 
 
 @get("/v1/models", sync_to_thread=False)
-def list_models(catalog: NamedDependency[Catalog]) -> dict[str, Any]:
+def list_models(
+    catalog: NamedDependency[Catalog], principal: NamedDependency[Principal]
+) -> dict[str, Any]:
     return models_list(catalog, datetime.now(UTC))
 
 
 @get("/v1/models/{model_id:str}", sync_to_thread=False)
-def retrieve_model(catalog: NamedDependency[Catalog], model_id: FromPath[str]) -> dict[str, Any]:
+def retrieve_model(
+    catalog: NamedDependency[Catalog],
+    principal: NamedDependency[Principal],
+    model_id: FromPath[str],
+) -> dict[str, Any]:
     """Matched like a request (any case, aliases, suffixes); unknown ids raise `ModelNotFound`
     (404 in OpenAI's error shape)."""
     return model_detail(catalog, model_id, datetime.now(UTC))

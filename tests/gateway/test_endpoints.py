@@ -11,6 +11,7 @@ import openai
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.gateway.conftest import events
+from tests.support.live import LiveServer
 from tests.support.upstream import FakeUpstream
 
 
@@ -75,6 +76,14 @@ async def test_models_list_and_retrieve(raw: httpx.AsyncClient) -> None:
     assert (await raw.get("/v1/models/nope")).json()["error"]["code"] == "model_not_found"
 
 
+async def test_models_need_an_api_key(proxy: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=proxy.url) as anonymous:
+        for path in ("/v1/models", "/v1/models/llama-3.3-70b"):
+            response = await anonymous.get(path)
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "invalid_api_key"
+
+
 async def test_no_upstream_usage_is_counted_by_the_gateway(
     sdk: openai.AsyncOpenAI, funded: tuple[dict[str, Any], str], clean_db: AsyncEngine
 ) -> None:
@@ -101,10 +110,12 @@ async def test_upstream_unreachable_and_timeout(
         response = await client.post(f"{unreachable.url}/v1/chat/completions", json=body)
         assert response.status_code == 502
         assert response.json()["error"]["code"] == "upstream_unavailable"
+        assert response.headers["x-ratelimit-remaining-requests"]  # SPEC 3.1: every response
         slow = gateways.get(UPSTREAM_BASE_URL=upstream.url, TOLLGATE_UPSTREAM_READ_TIMEOUT=0.5)
         response = await client.post(
             f"{slow.url}/v1/chat/completions", json={**body, "user": "behaviour:hang"}
         )
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "upstream_timeout"
+        assert response.headers["x-ratelimit-limit-tokens"]
     assert await events(clean_db, funded[0]["id"]) == []

@@ -277,6 +277,24 @@ async def test_insufficient_credit_is_402_and_not_retried(
     assert upstream.requests == []  # and the SDK did not retry
 
 
+async def test_legacy_completion_without_max_tokens_holds_the_default_cap(
+    proxy: LiveServer, admin: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    """SPEC 7: the hold assumes TOLLGATE_DEFAULT_MAX_TOKENS (4,096) output tokens when the
+    request sets no cap, on the legacy endpoint too (whose documented default is 16)."""
+    from tests.conftest import new_account_with_key
+
+    # Covers a few prompt tokens and 16 output tokens of llama-3.1-8b, not 4,096 (€0.00082).
+    _, key = await new_account_with_key(admin, credit="0.0001")
+    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.completions.create(model="llama-3.1-8b", prompt="Hi")
+    assert caught.value.status_code == 402
+    assert upstream.requests == []
+    capped = await client.completions.create(model="llama-3.1-8b", prompt="Hi", max_tokens=16)
+    assert capped.choices
+
+
 async def test_two_hundred_concurrent_streams_are_metered_exactly_once(
     proxy: LiveServer,
     funded: tuple[dict[str, Any], str],

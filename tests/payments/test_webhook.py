@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,10 +14,15 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.db.engine import create_sessionmaker
 from app.payments import service
+from app.payments.config import BillingConfig
+from app.payments.inbox import retry_unprocessed_events
 from tests.payments.apps import WEBHOOK_SECRET
 from tests.support import fake_stripe as stripe_fake
 from tests.support.live import LiveServer
+
+ZERO = timedelta(0)
 
 
 async def deliver(
@@ -154,7 +160,14 @@ async def test_bad_stale_or_missing_signatures_are_400_and_credit_nothing(
             content=payload.replace(b"2000", b"9000"),
             headers={"Stripe-Signature": header},
         )
+        not_utf8 = await client.post(
+            "/webhooks/stripe",
+            content=b"\xff\xfe" + payload,
+            headers={"Stripe-Signature": stripe_fake.sign(b"\xff\xfe" + payload, WEBHOOK_SECRET)},
+        )
     assert tampered.status_code == 400
+    assert not_utf8.status_code == 400, not_utf8.text
+    assert not_utf8.json()["error"]["code"] == "invalid_signature"
 
     assert await ledger(clean_db, account["id"]) == []
     async with clean_db.connect() as connection:
@@ -222,6 +235,25 @@ async def test_dispute_reverses_the_disputed_amount_once(
     )
 
 
+async def test_a_refund_before_its_purchase_is_applied_once_the_purchase_is(
+    billing: LiveServer, customer: tuple[dict[str, Any], httpx.AsyncClient], clean_db: AsyncEngine
+) -> None:
+    """Stripe does not order events: the refund waits (unprocessed, answered 200) and the
+    retry job applies it after the purchase is credited."""
+    account, client = customer
+    session = stripe_fake.checkout_session(account["id"], 2000)
+    refunded = stripe_fake.charge(session["payment_intent"], 2000, refunded_minor=500)
+    early = await deliver(billing, stripe_fake.event("charge.refunded", refunded))
+    assert early.status_code == 200 and early.json()["outcome"] == "waiting_for_payment"
+    assert await ledger(clean_db, account["id"]) == []
+    await deliver(billing, stripe_fake.event("checkout.session.completed", session))
+    sessionmaker = create_sessionmaker(clean_db)
+    assert await retry_unprocessed_events(sessionmaker, BillingConfig(), received_before=ZERO) == 1
+    assert await retry_unprocessed_events(sessionmaker, BillingConfig(), received_before=ZERO) == 0
+    view = await account_view(client)
+    assert (view["balance"], view["total_purchased"]) == ("15.00", "15.00")
+
+
 async def test_unknown_types_and_foreign_payments_are_acknowledged_and_ignored(
     billing: LiveServer, customer: tuple[dict[str, Any], httpx.AsyncClient], clean_db: AsyncEngine
 ) -> None:
@@ -230,8 +262,19 @@ async def test_unknown_types_and_foreign_payments_are_acknowledged_and_ignored(
     assert unknown.status_code == 200
     assert unknown.json()["outcome"] == "ignored"
     foreign = stripe_fake.charge("pi_not_ours", 1000, refunded_minor=1000)
-    refund = await deliver(billing, stripe_fake.event("charge.refunded", foreign))
-    assert refund.json()["outcome"] == "unknown_payment"
+    refund = stripe_fake.event("charge.refunded", foreign)
+    assert (await deliver(billing, refund)).json()["outcome"] == "waiting_for_payment"
+    # Kept for a day in case its purchase is still on the way, then acknowledged as foreign.
+    async with clean_db.begin() as connection:
+        await connection.execute(
+            text("UPDATE stripe_events SET received_at = now() - interval '25 hours'")
+        )
+    assert await retry_unprocessed_events(create_sessionmaker(clean_db), BillingConfig()) == 1
+    async with clean_db.connect() as connection:
+        outcome = await connection.scalar(
+            text("SELECT outcome FROM stripe_events WHERE id = :id"), {"id": refund["id"]}
+        )
+    assert outcome == "unknown_payment"
     stranger = stripe_fake.checkout_session(str(uuid.uuid4()), 2000)
     orphan = await deliver(billing, stripe_fake.event("checkout.session.completed", stranger))
     assert orphan.json()["outcome"] == "unknown_account"

@@ -3,6 +3,7 @@ app will inject it."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from litestar.di import Provide
 from litestar.testing import TestClient, create_test_client
 
+from app.accounts.auth import Principal
 from app.errors import error_response
 from app.pricing import Catalog
 from app.pricing.routes import list_models, retrieve_model
@@ -17,10 +19,18 @@ from app.pricing.routes import list_models, retrieve_model
 CREATED_2025_01_01 = 1_735_689_600
 
 
+def anyone() -> Principal:
+    return Principal(uuid.uuid4(), uuid.uuid4())
+
+
 def client_for(catalog: Catalog) -> TestClient[Any]:
     return create_test_client(
         route_handlers=[list_models, retrieve_model],
-        dependencies={"catalog": Provide(lambda: catalog, sync_to_thread=False)},
+        dependencies={
+            "catalog": Provide(lambda: catalog, sync_to_thread=False),
+            # Authentication is the app's (tested with the gateway); any customer will do.
+            "principal": Provide(anyone, sync_to_thread=False),
+        },
         exception_handlers={Exception: error_response},
     )
 
