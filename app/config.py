@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import site
+import sysconfig
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -10,10 +12,23 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The project's top-level `pricing/` and `migrations/`, found beside the package (the project is
-# installed editable, also in the Docker image), never from the working directory.
-DEFAULT_PRICING_DIR = PACKAGE_DIR.parent / "pricing"
-MIGRATIONS_DIR = PACKAGE_DIR.parent / "migrations"
+
+
+def bundled_dir(name: str) -> Path:
+    """The project's top-level `pricing/` or `migrations/`, found from the installed package,
+    never from the working directory: beside it in a checkout (an editable install, the Docker
+    image), else where a wheel put them, `<prefix>/share/tollgate/` (pyproject's data-files)."""
+    if (PACKAGE_DIR.parent / "pyproject.toml").is_file():
+        return PACKAGE_DIR.parent / name
+    for prefix in (sysconfig.get_path("data"), site.getuserbase()):
+        installed = Path(prefix) / "share" / "tollgate" / name
+        if installed.is_dir():
+            return installed
+    return PACKAGE_DIR.parent / name  # not found: start-up names this path
+
+
+DEFAULT_PRICING_DIR = bundled_dir("pricing")
+MIGRATIONS_DIR = bundled_dir("migrations")
 
 
 class Settings(BaseSettings):
