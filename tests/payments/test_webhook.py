@@ -70,9 +70,10 @@ async def test_paid_checkout_delivered_six_times_concurrently_credits_once(
         "checkout.session.completed", stripe_fake.checkout_session(account["id"], 2000)
     )
     responses = await asyncio.gather(*(deliver(billing, event) for _ in range(6)))
-    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
-    assert sum(r.json()["outcome"] == "credited" for r in responses) == 1
-    assert sum(r.json()["duplicate"] for r in responses) == 5
+    receipts = [r.json() for r in responses]
+    assert all(r.status_code == 200 for r in responses), receipts
+    assert sum(r["outcome"] == "credited" for r in receipts) == 1, receipts
+    assert sum(r["duplicate"] for r in receipts) == 5, receipts
 
     entries = await ledger(clean_db, account["id"])
     assert [(e.kind, e.amount) for e in entries] == [("purchase", Decimal("20"))]
