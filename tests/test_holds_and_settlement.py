@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.accounts import service as accounts
 from app.credits import service as credits
 from app.credits.holds import HoldKeeper
+from app.errors import InvalidApiKey
 from app.metering.schemas import Settlement, UsageEventRecord
 from app.metering.writer import UsageWriter
 from tests.support.events import usage_event
@@ -81,6 +82,32 @@ async def test_parallel_holds_never_reserve_more_than_the_balance(
     assert sum(o.granted for o in outcomes) == 5
     totals = await _totals(clean_db, account_id)
     assert totals["held"] == totals["holds"] == Decimal("0.05")
+
+
+async def test_holds_asked_together_are_placed_exactly_per_account(
+    clean_db: AsyncEngine, keeper_for: Callable[..., HoldKeeper]
+) -> None:
+    """Concurrent holds go to the database together: an account that covers all of its holds
+    gets them in one statement, one that does not gets exactly what fits, in order; an
+    unknown account is refused, and none of it changes the others' outcome."""
+    rich = await _account(clean_db, "10")
+    poor = await _account(clean_db, "0.03")
+    keeper = keeper_for()
+    asked = [(rich, "0.5"), (poor, "0.02"), (rich, "0.5"), (poor, "0.02"), (poor, "0.01")] * 4
+    results = await asyncio.gather(
+        *(keeper.place(account, Decimal(amount)) for account, amount in asked),
+        keeper.place(uuid.uuid4(), Decimal("1")),
+        return_exceptions=True,
+    )
+    *outcomes, unknown = results
+    assert isinstance(unknown, InvalidApiKey)
+    granted = [(a, amount) for (a, amount), o in zip(asked, outcomes, strict=True) if o.granted]
+    assert [amount for a, amount in granted if a == rich] == ["0.5"] * 8
+    assert [amount for a, amount in granted if a == poor] == ["0.02", "0.01"]  # in order
+    assert len({o.hold_id for o in outcomes}) == len(outcomes)
+    for account, held in ((rich, Decimal("4")), (poor, Decimal("0.03"))):
+        totals = await _totals(clean_db, account)
+        assert totals["held"] == totals["holds"] == held
 
 
 async def test_settlement_charges_once_and_releases_the_hold(

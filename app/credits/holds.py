@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from decimal import Decimal
 
 import asyncpg
+from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.credits import repository
@@ -24,6 +26,15 @@ from app.errors import InvalidApiKey
 logger = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0
+
+HOLD_BATCH = Histogram(
+    "tollgate_hold_batch_size",
+    "Credit holds placed per statement",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+
+# A hold asked for: account, hold id, amount, and where its outcome goes (None: no account).
+_Wanted = tuple[uuid.UUID, uuid.UUID, Decimal, "asyncio.Future[HoldOutcome | None]"]
 
 
 class HoldKeeper:
@@ -36,25 +47,69 @@ class HoldKeeper:
         self._opening = asyncio.Lock()
         self._lease = lease_seconds
         self._live: dict[uuid.UUID, uuid.UUID] = {}  # hold id → account id
+        self._waiting: list[_Wanted] = []
+        self._placer: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def place(self, account_id: uuid.UUID, amount: Decimal) -> HoldOutcome:
-        """Hold `amount` if the account's available credit covers it (see `outcome.granted`)."""
-        hold_id = uuid.uuid4()
-        # One statement per hold, outside a transaction block: no BEGIN/COMMIT round trips.
-        async with (await self._driver()).acquire() as driver:
-            outcome = await repository.place_hold(
-                driver,
-                account_id=account_id,
-                hold_id=hold_id,
-                amount=amount,
-                lease_seconds=self._lease,
-            )
+        """Hold `amount` if the account's available credit covers it (see `outcome.granted`).
+        Holds asked for while a statement runs go together in the next one, as settlements
+        do: one round trip and one pool checkout for many requests under load."""
+        future: asyncio.Future[HoldOutcome | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((account_id, uuid.uuid4(), amount, future))
+        if self._placer is None or self._placer.done():
+            self._placer = asyncio.create_task(self._place_waiting(), name="hold-placer")
+        outcome = await asyncio.shield(future)
         if outcome is None:
             raise InvalidApiKey("The account of this API key no longer exists.")
         if outcome.granted:
-            self._live[hold_id] = account_id
+            self._live[outcome.hold_id] = account_id
         return outcome
+
+    async def _place_waiting(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            HOLD_BATCH.observe(len(batch))
+            try:
+                async with (await self._driver()).acquire() as driver:
+                    await self._place_batch(driver, batch)
+            except BaseException as exc:
+                # Every request waiting on this batch gets an answer, also on shutdown.
+                failure = exc if isinstance(exc, Exception) else RuntimeError("shutting down")
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    raise
+
+    async def _place_batch(self, driver: asyncpg.Connection, batch: list[_Wanted]) -> None:
+        if len(batch) > 1:
+            # One statement, in the order settlements lock accounts; an account whose credit
+            # does not cover all its holds gets none, and they are placed one by one below.
+            batch.sort(key=lambda wanted: wanted[0].int)
+            holds = [(account_id, hold_id, amount) for account_id, hold_id, amount, _ in batch]
+            accounts = await repository.place_holds(driver, holds, lease_seconds=self._lease)
+            rest = []
+            for account_id, hold_id, amount, future in batch:
+                granted, totals = accounts.get(account_id, (False, None))
+                if granted and totals is not None:
+                    future.set_result(dataclasses.replace(totals, hold_id=hold_id))
+                elif totals is None:
+                    future.set_result(None)  # no such account
+                else:
+                    rest.append((account_id, hold_id, amount, future))
+            batch = rest
+        # One statement per hold, outside a transaction block: no BEGIN/COMMIT round trips.
+        for account_id, hold_id, amount, future in batch:
+            future.set_result(
+                await repository.place_hold(
+                    driver,
+                    account_id=account_id,
+                    hold_id=hold_id,
+                    amount=amount,
+                    lease_seconds=self._lease,
+                )
+            )
 
     def forget(self, hold_id: uuid.UUID) -> None:
         """The hold was released by its settlement: stop renewing it."""
@@ -65,6 +120,8 @@ class HoldKeeper:
         self._task = asyncio.create_task(self._maintain(self._lease / 4), name="hold-keeper")
 
     async def close(self) -> None:
+        if self._placer is not None:
+            await asyncio.gather(self._placer, return_exceptions=True)  # holds in flight
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

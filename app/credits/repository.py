@@ -131,6 +131,71 @@ async def place_hold(
     )
 
 
+# Many holds in one statement (requests arriving together): each account's holds are granted
+# together when its available credit covers them all, else none of them (the caller then places
+# them one by one, in order). Rows are locked in id order, as settlements lock them.
+HOLDS_SQL = text(
+    """
+    WITH input AS (
+        SELECT * FROM unnest(
+            CAST(:account_ids AS uuid[]), CAST(:ids AS uuid[]), CAST(:amounts AS numeric[])
+        ) AS t(account_id, id, amount)
+    ), wanted AS (
+        SELECT account_id, sum(amount) AS total FROM input GROUP BY account_id
+    ), locked AS (
+        SELECT id FROM accounts WHERE id IN (SELECT account_id FROM wanted)
+        ORDER BY id FOR NO KEY UPDATE
+    ), reserved AS (
+        UPDATE accounts a SET held = a.held + w.total
+        FROM locked, wanted w
+        WHERE a.id = locked.id AND w.account_id = locked.id AND a.balance - a.held >= w.total
+        RETURNING a.id
+    ), placed AS (
+        INSERT INTO holds (account_id, id, amount, expires_at)
+        SELECT i.account_id, i.id, i.amount, now() + make_interval(secs => :lease)
+        FROM input i JOIN reserved r ON r.id = i.account_id
+        RETURNING 1
+    )
+    SELECT a.id, a.balance, a.held, a.total_purchased, a.total_usage,
+           a.id IN (SELECT id FROM reserved) AS granted,
+           set_config('synchronous_commit', 'off', true) AS async_commit
+    FROM accounts a WHERE a.id IN (SELECT account_id FROM wanted)
+    """
+)
+_HOLDS = DriverStatement.of(HOLDS_SQL)
+
+
+async def place_holds(
+    driver: asyncpg.Connection,
+    holds: list[tuple[uuid.UUID, uuid.UUID, Decimal]],
+    *,
+    lease_seconds: float,
+) -> dict[uuid.UUID, tuple[bool, HoldOutcome]]:
+    """(account id, hold id, amount) → per account: whether all its holds were granted, and
+    its totals before them (the outcome's `hold_id` is a placeholder). Accounts that do not
+    exist are missing."""
+    params = {
+        "account_ids": [account_id for account_id, _, _ in holds],
+        "ids": [hold_id for _, hold_id, _ in holds],
+        "amounts": [amount for _, _, amount in holds],
+        "lease": lease_seconds,
+    }
+    rows = await driver.fetch(_HOLDS.sql, *_HOLDS.args(params))
+    return {
+        row["id"]: (
+            row["granted"],
+            HoldOutcome(
+                hold_id=row["id"],
+                granted=row["granted"],
+                available=row["balance"] - row["held"],
+                total_purchased=row["total_purchased"],
+                total_usage=row["total_usage"],
+            ),
+        )
+        for row in rows
+    }
+
+
 RENEW_SQL = text(
     """
     UPDATE holds SET expires_at = now() + make_interval(secs => :lease)
