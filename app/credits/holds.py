@@ -88,15 +88,18 @@ class HoldKeeper:
             # does not cover all its holds gets none, and they are placed one by one below.
             batch.sort(key=lambda wanted: wanted[0].int)
             holds = [(account_id, hold_id, amount) for account_id, hold_id, amount, _ in batch]
-            accounts = await repository.place_holds(driver, holds, lease_seconds=self._lease)
+            try:
+                accounts = await repository.place_holds(driver, holds, lease_seconds=self._lease)
+            except asyncpg.DeadlockDetectedError:
+                # Rolled back whole (e.g. by a sweep locking accounts in another order); holds
+                # placed one by one lock one row each and cannot deadlock.
+                accounts = {}
             rest = []
             for account_id, hold_id, amount, future in batch:
                 granted, totals = accounts.get(account_id, (False, None))
                 if granted and totals is not None:
                     future.set_result(dataclasses.replace(totals, hold_id=hold_id))
-                elif totals is None:
-                    future.set_result(None)  # no such account
-                else:
+                else:  # not covered, or not known here: the single statement decides
                     rest.append((account_id, hold_id, amount, future))
             batch = rest
         # One statement per hold, outside a transaction block: no BEGIN/COMMIT round trips.

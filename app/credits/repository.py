@@ -208,10 +208,14 @@ SWEEP_SQL = text(
     """
     WITH expired AS (
         DELETE FROM holds WHERE expires_at < now() RETURNING account_id, amount
+    ), locked AS (
+        -- In id order, as holds and settlements lock accounts: no deadlock with them.
+        SELECT id FROM accounts WHERE id IN (SELECT account_id FROM expired)
+        ORDER BY id FOR NO KEY UPDATE
     ), released AS (
         UPDATE accounts a SET held = a.held - e.total
-        FROM (SELECT account_id, sum(amount) AS total FROM expired GROUP BY account_id) e
-        WHERE a.id = e.account_id
+        FROM locked, (SELECT account_id, sum(amount) AS total FROM expired GROUP BY account_id) e
+        WHERE a.id = locked.id AND e.account_id = locked.id
         RETURNING a.id
     )
     SELECT count(*) FROM released
