@@ -87,32 +87,30 @@ class HoldKeeper:
             # One statement, in the order settlements lock accounts; an account whose credit
             # does not cover all its holds gets none, and they are placed one by one below.
             batch.sort(key=lambda wanted: wanted[0].int)
-            holds = [(account_id, hold_id, amount) for account_id, hold_id, amount, _ in batch]
             try:
-                accounts = await repository.place_holds(driver, holds, lease_seconds=self._lease)
+                accounts = await self._statement(driver, batch)
             except asyncpg.DeadlockDetectedError:
                 # Rolled back whole (e.g. by a sweep locking accounts in another order); holds
                 # placed one by one lock one row each and cannot deadlock.
                 accounts = {}
             rest = []
-            for account_id, hold_id, amount, future in batch:
-                granted, totals = accounts.get(account_id, (False, None))
-                if granted and totals is not None:
-                    future.set_result(dataclasses.replace(totals, hold_id=hold_id))
-                else:  # not covered, or not known here: the single statement decides
-                    rest.append((account_id, hold_id, amount, future))
+            for wanted in batch:
+                account_id, hold_id, _, future = wanted
+                outcome = accounts.get(account_id)
+                if outcome is not None and outcome.granted:
+                    future.set_result(dataclasses.replace(outcome, hold_id=hold_id))
+                else:  # not covered, or not known here: alone, the statement decides
+                    rest.append(wanted)
             batch = rest
-        # One statement per hold, outside a transaction block: no BEGIN/COMMIT round trips.
-        for account_id, hold_id, amount, future in batch:
-            future.set_result(
-                await repository.place_hold(
-                    driver,
-                    account_id=account_id,
-                    hold_id=hold_id,
-                    amount=amount,
-                    lease_seconds=self._lease,
-                )
-            )
+        for wanted in batch:
+            account_id, _, _, future = wanted
+            future.set_result((await self._statement(driver, [wanted])).get(account_id))
+
+    async def _statement(
+        self, driver: asyncpg.Connection, batch: list[_Wanted]
+    ) -> dict[uuid.UUID, HoldOutcome]:
+        holds = [(account_id, hold_id, amount) for account_id, hold_id, amount, _ in batch]
+        return await repository.place_holds(driver, holds, lease_seconds=self._lease)
 
     def forget(self, hold_id: uuid.UUID) -> None:
         """The hold was released by its settlement: stop renewing it."""

@@ -69,27 +69,6 @@ async def find_entry(
     )
 
 
-HOLD_SQL = text(
-    """
-    WITH reserved AS (
-        UPDATE accounts SET held = held + :amount
-        WHERE id = :account_id AND balance - held >= :amount
-        RETURNING id
-    ), hold AS (
-        INSERT INTO holds (account_id, id, amount, expires_at)
-        SELECT id, :hold_id, :amount, now() + make_interval(secs => :lease) FROM reserved
-        RETURNING id
-    )
-    SELECT a.balance, a.held, a.total_purchased, a.total_usage,
-           EXISTS (SELECT 1 FROM hold) AS granted,
-           -- A hold is a reservation, not money: it need not wait for the WAL flush. Lost in a
-           -- database crash, it vanishes together with its `held` increment.
-           set_config('synchronous_commit', 'off', true) AS async_commit
-    FROM accounts a WHERE a.id = :account_id
-    """
-)
-
-
 @dataclass(frozen=True, slots=True)
 class HoldOutcome:
     hold_id: uuid.UUID
@@ -99,41 +78,11 @@ class HoldOutcome:
     total_usage: Decimal
 
 
-_HOLD = DriverStatement.of(HOLD_SQL)
-
-
-async def place_hold(
-    driver: asyncpg.Connection,
-    *,
-    account_id: uuid.UUID,
-    hold_id: uuid.UUID,
-    amount: Decimal,
-    lease_seconds: float,
-) -> HoldOutcome | None:
-    """Reserve `amount` if `balance − held` covers it, atomically in one statement: the UPDATE
-    re-checks its condition on the latest row version, so concurrent holds from any number of
-    processes can never reserve more than the balance. None if the account doesn't exist."""
-    params = {
-        "account_id": account_id,
-        "hold_id": hold_id,
-        "amount": amount,
-        "lease": lease_seconds,
-    }
-    row = await driver.fetchrow(_HOLD.sql, *_HOLD.args(params))
-    if row is None:
-        return None
-    return HoldOutcome(
-        hold_id=hold_id,
-        granted=row["granted"],
-        available=row["balance"] - row["held"],
-        total_purchased=row["total_purchased"],
-        total_usage=row["total_usage"],
-    )
-
-
-# Many holds in one statement (requests arriving together): each account's holds are granted
-# together when its available credit covers them all, else none of them (the caller then places
-# them one by one, in order). Rows are locked in id order, as settlements lock them.
+# Holds of one or many requests in one statement, atomic: the UPDATE re-checks its condition on
+# the latest row version, so concurrent holds from any number of processes can never reserve
+# more than the balance. Each account's holds are granted together when its available credit
+# covers them all, else none of them (the caller then places them one by one). Rows are locked
+# in id order, as settlements lock them.
 HOLDS_SQL = text(
     """
     WITH input AS (
@@ -158,6 +107,8 @@ HOLDS_SQL = text(
     )
     SELECT a.id, a.balance, a.held, a.total_purchased, a.total_usage,
            a.id IN (SELECT id FROM reserved) AS granted,
+           -- A hold is a reservation, not money: it need not wait for the WAL flush. Lost in a
+           -- database crash, it vanishes together with its `held` increment.
            set_config('synchronous_commit', 'off', true) AS async_commit
     FROM accounts a WHERE a.id IN (SELECT account_id FROM wanted)
     """
@@ -170,27 +121,27 @@ async def place_holds(
     holds: list[tuple[uuid.UUID, uuid.UUID, Decimal]],
     *,
     lease_seconds: float,
-) -> dict[uuid.UUID, tuple[bool, HoldOutcome]]:
+) -> dict[uuid.UUID, HoldOutcome]:
     """(account id, hold id, amount) → per account: whether all its holds were granted, and
-    its totals before them (the outcome's `hold_id` is a placeholder). Accounts that do not
-    exist are missing."""
+    its totals before them (`hold_id` is that of its first hold; the caller sets each one's).
+    Accounts that do not exist are missing."""
     params = {
         "account_ids": [account_id for account_id, _, _ in holds],
         "ids": [hold_id for _, hold_id, _ in holds],
         "amounts": [amount for _, _, amount in holds],
         "lease": lease_seconds,
     }
+    first: dict[uuid.UUID, uuid.UUID] = {}
+    for account_id, hold_id, _ in holds:
+        first.setdefault(account_id, hold_id)
     rows = await driver.fetch(_HOLDS.sql, *_HOLDS.args(params))
     return {
-        row["id"]: (
-            row["granted"],
-            HoldOutcome(
-                hold_id=row["id"],
-                granted=row["granted"],
-                available=row["balance"] - row["held"],
-                total_purchased=row["total_purchased"],
-                total_usage=row["total_usage"],
-            ),
+        row["id"]: HoldOutcome(
+            hold_id=first[row["id"]],
+            granted=row["granted"],
+            available=row["balance"] - row["held"],
+            total_purchased=row["total_purchased"],
+            total_usage=row["total_usage"],
         )
         for row in rows
     }

@@ -42,7 +42,6 @@ from app.dashboard.security import DashboardSecurity
 from app.errors import InvalidApiKey, NotFound, TollgateError
 from app.invoices import repository as invoices_repository
 from app.invoices import service as invoices
-from app.invoices.pdf import render_pdf
 from app.middleware import request_id
 from app.money import money_str
 from app.payments import checkout
@@ -484,10 +483,9 @@ async def invoice_pdf(
     viewer: NamedDependency[Viewer],
     db: NamedDependency[AsyncSession],
 ) -> Response[bytes]:
-    invoice = await invoices.get_invoice(db, viewer.account_id, invoice_id)
-    lines = await invoices_repository.lines_of(db, [invoice])
+    invoice, content = await invoices.invoice_pdf(db, viewer.account_id, invoice_id)
     return Response(
-        render_pdf(invoice, lines.get((invoice.account_id, invoice.id), [])),
+        content,
         media_type="application/pdf",
         headers={"content-disposition": f'attachment; filename="{invoice.number}.pdf"'},
     )

@@ -14,7 +14,6 @@ from app.accounts.auth import Principal
 from app.admin.guards import require_admin
 from app.errors import InvalidRequest
 from app.invoices import repository, service, tasks
-from app.invoices.pdf import render_pdf
 from app.invoices.schemas import RunInvoices
 from app.payments.runtime import billing
 
@@ -44,9 +43,7 @@ async def get_invoice_pdf(
     principal: NamedDependency[Principal],
     db: NamedDependency[AsyncSession],
 ) -> Response[bytes]:
-    invoice = await service.get_invoice(db, principal.account_id, invoice_id)
-    lines = await repository.lines_of(db, [invoice])
-    content = render_pdf(invoice, lines.get((invoice.account_id, invoice.id), []))
+    invoice, content = await service.invoice_pdf(db, principal.account_id, invoice_id)
     return Response(
         content,
         media_type="application/pdf",

@@ -27,6 +27,7 @@ from app.invoices.compute import (
     per_unit,
     totals,
 )
+from app.invoices.pdf import render_pdf
 from app.money import money_str
 from app.payments.config import Seller
 
@@ -101,6 +102,15 @@ async def get_invoice(session: AsyncSession, account_id: uuid.UUID, invoice_id: 
     if invoice is None:
         raise NotFound(f"No invoice with id {invoice_id}", param="id")
     return invoice
+
+
+async def invoice_pdf(
+    session: AsyncSession, account_id: uuid.UUID, invoice_id: str
+) -> tuple[Invoice, bytes]:
+    """The account's invoice and its PDF (for the API and the dashboard alike)."""
+    invoice = await get_invoice(session, account_id, invoice_id)
+    lines = await repository.lines_of(session, [invoice])
+    return invoice, render_pdf(invoice, lines.get((invoice.account_id, invoice.id), []))
 
 
 async def views(session: AsyncSession, invoices: list[Invoice]) -> list[dict[str, Any]]:
