@@ -146,6 +146,29 @@ async def test_partition_maintenance(clean_db: AsyncEngine) -> None:
         await connection.commit()
 
 
+async def test_concurrent_callers_make_a_missing_partition_once(clean_db: AsyncEngine) -> None:
+    """Ingestions, the writer and the maintenance job may all reach for the same new month at
+    once: the ones that waited for the first must find its partition, not fail creating it."""
+    month = date(2033, 7, 1)
+    ready = asyncio.Barrier(4)
+
+    async def ensure() -> None:
+        async with clean_db.connect() as connection:
+            await connection.execute(text("SELECT 1"))  # a warm catalog cache, as a pooled one
+            await ready.wait()
+            await metering.ensure_partition(connection, month)
+            await connection.commit()
+
+    try:
+        for _ in range(3):  # the race needs the callers to meet; give it a few chances
+            await asyncio.gather(*(ensure() for _ in range(4)))
+            async with clean_db.begin() as connection:
+                await connection.execute(text("DROP TABLE usage_events_2033_07"))
+    finally:
+        async with clean_db.begin() as connection:
+            await connection.execute(text("DROP TABLE IF EXISTS usage_events_2033_07"))
+
+
 def _gauge() -> float | None:
     return REGISTRY.get_sample_value("tollgate_reconciliation_mismatches")
 
