@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -18,7 +19,7 @@ from app.accounts import service as accounts
 from app.credits import service as credits
 from app.credits.holds import HoldKeeper
 from app.errors import InvalidApiKey
-from app.metering.schemas import Settlement, UsageEventRecord
+from app.metering.schemas import Settlement
 from app.metering.writer import UsageWriter
 from tests.support.events import usage_event
 
@@ -156,12 +157,7 @@ async def test_many_concurrent_settlements_share_commits_and_sum_exactly(
 async def test_back_dated_event_gets_its_month_partition(clean_db: AsyncEngine) -> None:
     account_id = await _account(clean_db, "1")
     event = usage_event(account_id, "0.01")
-    old = UsageEventRecord(
-        **{
-            **{f: getattr(event, f) for f in event.__slots__},
-            "time": datetime(2024, 2, 29, 23, 59, tzinfo=UTC),
-        }
-    )
+    old = msgspec.structs.replace(event, time=datetime(2024, 2, 29, 23, 59, tzinfo=UTC))
     writer = UsageWriter(clean_db)
     writer.start()
     try:
@@ -170,7 +166,8 @@ async def test_back_dated_event_gets_its_month_partition(clean_db: AsyncEngine) 
         await writer.close()
     async with clean_db.connect() as connection:
         where = await connection.scalar(
-            text("SELECT tableoid::regclass::text FROM usage_events WHERE id = :id"), {"id": old.id}
+            text("SELECT tableoid::regclass::text FROM usage_events WHERE event_key = :key"),
+            {"key": old.event_key},
         )
     assert where == "usage_events_2024_02"
 

@@ -61,7 +61,6 @@ class ApiKey(Base):
     key_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     prefix: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -72,7 +71,6 @@ class LedgerEntry(Base):
     __table_args__ = (
         UniqueConstraint("account_id", "reference"),
         CheckConstraint(f"kind IN {LEDGER_KINDS!r}", name="kind"),
-        Index("ix_ledger_entries_account_created", "account_id", "created_at"),
     )
 
     account_id: Mapped[uuid.UUID] = mapped_column(

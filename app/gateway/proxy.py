@@ -332,12 +332,10 @@ class Gateway:
 
     def _event(self, call: Call, usage: MeteredUsage, outcome: str) -> UsageEventRecord:
         charge = price(call.resolved, usage.usage)
-        event_id = uuid.uuid4()
         return UsageEventRecord(
             account_id=call.principal.account_id,
-            id=event_id,
             time=datetime.now(UTC),
-            event_key=f"gw:{event_id.hex}",
+            event_key=f"gw:{uuid.uuid4().hex}",
             api_key_id=call.principal.api_key_id,
             user=call.request.user,
             endpoint=call.request.endpoint,

@@ -235,7 +235,6 @@ def price_event(event: IngestEvent, catalog: Catalog, now: datetime) -> UsageEve
         raise _Problem(exc.param or "model", exc.message) from None
     return UsageEventRecord(
         account_id=event.account_id,
-        id=uuid.uuid4(),
         time=at,
         event_key=f"ext:{event.id}",
         api_key_id=event.api_key_id,

@@ -19,7 +19,6 @@ from app.metering.schemas import Settlement, UsageEventRecord
 _COLUMN_TYPES = {
     "account_id": "uuid",
     "time": "timestamptz",
-    "id": "uuid",
     "event_key": "text",
     "api_key_id": "uuid",
     "user": "text",
@@ -40,26 +39,32 @@ _COLUMN_TYPES = {
 }
 EVENT_COLUMNS = tuple((name, _COLUMN_TYPES[name]) for name in UsageEventRecord.__struct_fields__)
 _NAMES = ", ".join(f'"{name}"' for name, _ in EVENT_COLUMNS)
-# The batch travels as ONE JSON array of event objects (msgspec encodes the records in C,
-# Postgres parses them in C): measured here, about half the Python CPU of 20 typed parameter
-# arrays, whose encoding led both the request path's settlement and ingestion. Money is a JSON
-# string, read exactly.
-_RECORD = ", ".join(f'"{name}" {kind}' for name, kind in EVENT_COLUMNS)
+# The batch travels as ONE JSON array of events, each an array of its fields by position
+# (msgspec encodes it in C, Postgres parses it in C). Measured here: about half the Python CPU
+# of 20 typed parameter arrays, and a third less parsing in Postgres than objects with field
+# names. Money is a JSON string, read exactly.
+_FIELDS = ", ".join(
+    f'e -> {i} AS "{name}"' if kind == "jsonb" else f'CAST(e ->> {i} AS {kind}) AS "{name}"'
+    for i, (name, kind) in enumerate(EVENT_COLUMNS)
+)
 
 # The ledger entry goes first: its unique (account_id, reference) admits each event once, so a
-# retried batch inserts only what is new, and balances move only by what was inserted.
+# retried batch inserts only what is new, and balances move only by what was inserted. An event
+# takes the id of its ledger entry, drawn here; it also tells which copy of an event sent twice
+# in one batch was admitted (the first).
 SETTLE_SQL = text(
     f"""
-    WITH input AS (
-        SELECT * FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS t({_RECORD})
+    WITH input AS MATERIALIZED (
+        SELECT gen_random_uuid() AS id, {_FIELDS}
+        FROM jsonb_array_elements(CAST(:events AS jsonb)) AS e
     ), ledger AS (
         INSERT INTO ledger_entries (account_id, id, kind, amount, reference)
         SELECT account_id, id, 'usage', -cost, 'usage:' || event_key FROM input
         ON CONFLICT (account_id, reference) DO NOTHING
         RETURNING account_id, id, amount
     ), events AS (
-        INSERT INTO usage_events ({_NAMES})
-        SELECT {_NAMES} FROM input JOIN ledger USING (account_id, id)
+        INSERT INTO usage_events (id, {_NAMES})
+        SELECT id, {_NAMES} FROM input JOIN ledger USING (account_id, id)
         RETURNING 1
     ), released AS (
         DELETE FROM holds h

@@ -10,12 +10,12 @@ from decimal import Decimal
 import msgspec
 
 
-class UsageEventRecord(msgspec.Struct, frozen=True, gc=False):
-    """Its fields are the stored columns by name: a batch of them is encoded as one JSON
-    document (by msgspec, in C) and read by Postgres with `jsonb_to_recordset`."""
+class UsageEventRecord(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """Its fields are stored columns by name. A batch of them is encoded (by msgspec, in C) as
+    one JSON array of arrays, the fields by position: Postgres parses no field names. The
+    event's id is the id of its ledger entry, drawn by Postgres."""
 
     account_id: uuid.UUID
-    id: uuid.UUID
     time: datetime
     event_key: str  # unique per account; the ledger reference is `usage:<event_key>`
     api_key_id: uuid.UUID | None

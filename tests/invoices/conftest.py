@@ -49,12 +49,10 @@ def priced_event(account_id: str, at: datetime, model: str, usage: Usage) -> Usa
     `at`, with its itemised charge."""
     resolved = CATALOG.resolve(model, at)
     charge = price(resolved, usage)
-    event_id = uuid.uuid4()
     return UsageEventRecord(
         account_id=uuid.UUID(account_id),
-        id=event_id,
         time=at,
-        event_key=f"test:{event_id}",
+        event_key=f"test:{uuid.uuid4()}",
         api_key_id=None,
         user=None,
         endpoint=usage.endpoint,

@@ -18,12 +18,10 @@ def usage_event(
     time: datetime | None = None,
     event_key: str | None = None,
 ) -> UsageEventRecord:
-    event_id = uuid.uuid4()
     return UsageEventRecord(
         account_id=account_id,
-        id=event_id,
         time=time or datetime.now(UTC),
-        event_key=event_key or f"gw:{event_id.hex}",
+        event_key=event_key or f"gw:{uuid.uuid4().hex}",
         api_key_id=None,
         user=None,
         endpoint="/v1/chat/completions",
