@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.admin.guards import require_admin
 from app.errors import InvalidRequest, ModelNotFound, TollgateError
 from app.metering import repository
-from app.metering.schemas import Settlement, UsageEventRecord
+from app.metering.schemas import UsageEventRecord
 from app.money import money_str
 from app.pricing import Catalog, Charge, Endpoint, Usage, price
 from app.pricing.rates import PICO, Rate
@@ -319,10 +319,7 @@ async def write(connection: AsyncConnection, records: Sequence[UsageEventRecord]
     how many were new."""
     inserted = 0
     for offset in range(0, len(records), CHUNK):
-        chunk = records[offset : offset + CHUNK]
-        inserted += await repository.settle(
-            connection, [Settlement(record.account_id, None, record) for record in chunk]
-        )
+        inserted += await repository.settle_events(connection, records[offset : offset + CHUNK])
     return inserted
 
 

