@@ -256,6 +256,32 @@ async def test_prices_in_force_at_the_event_time_are_used(
     assert await _balance(repriced_admin, customer) == -Decimal("0.0088")
 
 
+async def test_an_id_repeated_in_one_batch_counts_its_first_copy_once(
+    admin: httpx.AsyncClient, client: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    """The event, its ledger entry and the balance all take the same (first) copy."""
+    customer = await new_customer(admin, client)
+    t = "2025-05-01T10:00:00Z"
+    batch = [
+        customer.event(t, id="twice", prompt_tokens=1_000_000, completion_tokens=0),
+        customer.event(t, id="other"),
+        customer.event(t, id="twice", prompt_tokens=5_000_000, completion_tokens=0),
+    ]
+    assert await ingest(admin, batch) == {"inserted": 2, "duplicates": 1}
+    async with clean_db.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT e.prompt_tokens, e.cost, l.amount FROM usage_events e "
+                "JOIN ledger_entries l ON l.account_id = e.account_id AND l.id = e.id "
+                "WHERE e.account_id = :a AND e.event_key = 'ext:twice'"
+            ),
+            {"a": customer.id},
+        )
+        stored = [tuple(row) for row in rows]
+    assert stored == [(1_000_000, Decimal("0.2"), Decimal("-0.2"))]  # €0.20 per million
+    assert await _balance(admin, customer) == -Decimal("0.2") - Decimal("0.0003")
+
+
 async def test_back_dated_events_get_their_month_partitions(
     admin: httpx.AsyncClient, client: httpx.AsyncClient, clean_db: AsyncEngine
 ) -> None:
