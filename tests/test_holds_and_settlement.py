@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 from sqlalchemy import text
@@ -170,6 +171,27 @@ async def test_back_dated_event_gets_its_month_partition(clean_db: AsyncEngine) 
             {"key": old.event_key},
         )
     assert where == "usage_events_2024_02"
+
+
+async def test_an_event_postgres_cannot_store_fails_alone(clean_db: AsyncEngine) -> None:
+    """A value Postgres refuses (here a NUL in `user`, which callers now strip) fails only its
+    own settlement: the others of its batch still commit, and nothing is retried for ever."""
+    account_id = await _account(clean_db, "1")
+    good = [usage_event(account_id, "0.01") for _ in range(3)]
+    bad = msgspec.structs.replace(usage_event(account_id, "0.01"), user="a\x00b")
+    writer = UsageWriter(clean_db)
+    writer.start()
+    try:
+        outcomes = await asyncio.gather(
+            *(writer.settle(Settlement(account_id, None, e)) for e in [*good, bad]),
+            return_exceptions=True,
+        )
+    finally:
+        await writer.close()
+    assert outcomes[:3] == [None, None, None]
+    assert isinstance(outcomes[3], asyncpg.DataError)
+    totals = await _totals(clean_db, account_id)
+    assert totals["balance"] == Decimal("0.97") == totals["ledger"]
 
 
 async def test_holds_of_a_dead_process_expire(

@@ -4,6 +4,7 @@ the client sent it, apart from `stream_options` on streams."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,9 +100,12 @@ def _stream_flags(body: dict[str, Any], request: ProxyRequest) -> None:
     request.client_wants_usage = bool(options and options.get("include_usage"))
 
 
-def _user(body: dict[str, Any]) -> str | None:
-    user = body.get("user")
-    return user if isinstance(user, str) else None
+def _user(fields: Mapping[str, Any]) -> str | None:
+    """The end user a request is attributed to in usage. Postgres text cannot hold NUL, which
+    JSON allows: it is dropped here (the upstream still gets the body as sent), so one request
+    can never make its settlement, and the batch of others committed with it, fail."""
+    user = fields.get("user")
+    return user.replace("\x00", "") if isinstance(user, str) else None
 
 
 def inspect_json(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> ProxyRequest:
@@ -158,7 +162,7 @@ def inspect_transcription(form: dict[str, Any], upload_bytes: int) -> ProxyReque
             "Missing required parameter: 'file'.", param="file", code="missing_field"
         )
     request = ProxyRequest(endpoint=TRANSCRIPTIONS, model=model, body=None)
-    request.user = form.get("user") if isinstance(form.get("user"), str) else None
+    request.user = _user(form)
     request.audio_seconds_estimate = max(1, -(-upload_bytes // AUDIO_BYTES_PER_SECOND))
     return request
 

@@ -197,6 +197,9 @@ def price_event(event: IngestEvent, catalog: Catalog, now: datetime) -> UsageEve
     """The usage event for one ingested event, priced at the rates in force at its time.
     Raises `_Problem` when it cannot be recorded."""
     at = event.time.astimezone(UTC)  # partitions are by UTC month
+    for field, value in (("id", event.id), ("user", event.user)):
+        if value is not None and "\x00" in value:
+            raise _Problem(field, "must not contain the NUL character (\\u0000)")
     if at > now:
         raise _Problem("time", f"is in the future (server time {now:%Y-%m-%dT%H:%M:%SZ})")
     if event.endpoint not in INGESTIBLE_ENDPOINTS:

@@ -99,8 +99,9 @@ class UsageWriter:
         for attempt, delay in enumerate((*RETRY_DELAYS, None)):
             try:
                 await self._commit(settlements)
-            except asyncpg.IntegrityConstraintViolationError as exc:
-                # Not transient (e.g. an account deleted mid-request): isolate the bad one.
+            except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+                # Not transient (an account deleted mid-request, a value Postgres cannot
+                # store): isolate the bad one, so the others of its batch still commit.
                 if len(settlements) > 1:
                     for settlement, future in zip(settlements, futures, strict=True):
                         await self._write([settlement], [future])

@@ -53,6 +53,19 @@ async def test_chat_matches_upstream_and_is_metered(
     assert account.held == 0 and account.holds == 0
 
 
+async def test_a_nul_in_user_is_dropped_from_the_usage_event_not_the_request(
+    sdk: openai.AsyncOpenAI,
+    upstream: FakeUpstream,
+    funded: tuple[dict[str, Any], str],
+    clean_db: AsyncEngine,
+) -> None:
+    """JSON allows "\\u0000", Postgres text does not: the event must still be recorded."""
+    await sdk.chat.completions.create(model="llama-3.3-70b", messages=HELLO, user="u-\x001")
+    assert upstream.requests[0].body["user"] == "u-\x001"
+    [event] = await events(clean_db, funded[0]["id"])
+    assert event.user == "u-1" and event.outcome == "completed"
+
+
 async def test_stream_and_non_stream_cost_the_same(
     sdk: openai.AsyncOpenAI, funded: tuple[dict[str, Any], str], clean_db: AsyncEngine
 ) -> None:

@@ -68,6 +68,8 @@ async def test_a_batch_with_one_invalid_event_inserts_nothing(
         ({"api_key_id": "5b0c1a43-5cc5-4d55-9a3c-3f0c8b3d7c11"}, "api_key_id"),
         ({"colour": "red"}, "events[3]"),
         ({"id": ""}, "id"),
+        ({"id": "a\x00b"}, "id"),  # Postgres text cannot hold NUL
+        ({"user": "a\x00b"}, "user"),
     ]
     for change, field in cases:
         batch = [dict(e) for e in good]
