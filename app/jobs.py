@@ -43,6 +43,9 @@ class Job:
     body: JobBody
     exclusive: bool = True  # one instance per run, under the advisory lock
     at_start: bool = False  # also run once right after start
+    # Given a run's result, whether to run again at once (a backlog caught up in steps, each
+    # its own transaction).
+    again: Callable[[object], bool] | None = None
 
 
 def lock_key(name: str) -> int:
@@ -56,7 +59,13 @@ async def _partitions(connection: AsyncConnection) -> object:
 
 def default_jobs() -> list[Job]:
     return [
-        Job("usage_rollups", IntervalTrigger(minutes=1), rollups.roll_up, at_start=True),
+        Job(
+            "usage_rollups",
+            IntervalTrigger(minutes=1),
+            rollups.roll_up,
+            at_start=True,
+            again=rollups.behind,
+        ),
         Job("usage_partitions", IntervalTrigger(hours=6), _partitions, at_start=True),
         Job(
             "reconciliation", CronTrigger(hour=3, minute=17, timezone=UTC), reconciliation.reconcile
@@ -94,14 +103,16 @@ def billing_jobs(state: State) -> list[Job]:
 
 
 async def run_job(engine: AsyncEngine, job: Job) -> bool:
-    """Run `job` once now, in a transaction of its own that commits its work. False when
-    another instance holds the job's lock (this run is skipped)."""
-    async with engine.begin() as connection:
-        if job.exclusive and not await try_job_lock(connection, lock_key(job.name)):
-            return False
-        result = await job.body(connection)
-    logger.debug("job %s done: %s", job.name, result)
-    return True
+    """Run `job` now, in a transaction of its own that commits its work, and again while its
+    `again` says so. False when another instance holds the job's lock (this run is skipped)."""
+    while True:
+        async with engine.begin() as connection:
+            if job.exclusive and not await try_job_lock(connection, lock_key(job.name)):
+                return False
+            result = await job.body(connection)
+        logger.debug("job %s done: %s", job.name, result)
+        if job.again is None or not job.again(result):
+            return True
 
 
 class Scheduler:

@@ -279,6 +279,17 @@ FOLD_SQL = text(
     """
 )
 
+# Where a bounded run stops: the `ingested_at` of the event `:n` events past those stamped
+# `since` (on the ingested_at index). The events of one transaction share it, so a run never
+# splits one; NULL when fewer remain.
+CHUNK_END_SQL = text(
+    """
+    SELECT ingested_at FROM usage_events
+    WHERE ingested_at > coalesce(CAST(:since AS timestamptz), '-infinity')
+    ORDER BY ingested_at OFFSET :n LIMIT 1
+    """
+)
+
 SET_WATERMARK_SQL = text(
     """
     INSERT INTO job_state (name, watermark, ran_at) VALUES (:name, :watermark, now())
@@ -291,6 +302,14 @@ async def rollup_watermark(connection: AsyncConnection) -> datetime | None:
     """The rollup watermark, locked for this transaction; None before the first run."""
     watermark: datetime | None = await connection.scalar(WATERMARK_SQL)
     return watermark
+
+
+async def fold_bound(
+    connection: AsyncConnection, since: datetime | None, n: int
+) -> datetime | None:
+    """The end of a fold of about `n` events from `since`; None when fewer are left."""
+    bound: datetime | None = await connection.scalar(CHUNK_END_SQL, {"since": since, "n": n})
+    return bound
 
 
 async def settled_horizon(connection: AsyncConnection, lag_seconds: float) -> datetime:

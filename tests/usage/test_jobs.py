@@ -20,7 +20,7 @@ from app.credits import service as credits
 from app.jobs import Job, Scheduler, default_jobs, lock_key, run_job
 from app.metering import repository as metering
 from app.metering.schemas import Settlement, UsageEventRecord
-from app.usage import reconciliation
+from app.usage import reconciliation, rollups
 from app.usage.cli import reconcile_command
 from app.usage.partitions import maintain_partitions, months_from
 from app.usage.rollups import roll_up
@@ -87,6 +87,31 @@ async def test_watermark_never_passes_an_open_transaction(clean_db: AsyncEngine)
     run = await roll_up_now(clean_db)
     assert run.events == 1 and await _folded(clean_db, account_id) == 1
     assert (await roll_up_now(clean_db)).events == 0  # idempotent: nothing twice
+
+
+async def test_a_backlog_is_caught_up_in_bounded_runs(clean_db: AsyncEngine) -> None:
+    """Each run folds about `max_events` events (up to the transaction holding the next one
+    past the watermark's) and commits; the job repeats runs until it is caught up, never
+    splitting the events of one transaction between runs."""
+    account_id = await _account(clean_db, "100")
+    for _ in range(5):  # five transactions of 7 events, each with its own ingested_at
+        async with clean_db.begin() as connection:
+            for _ in range(7):
+                await _settle(
+                    connection,
+                    usage_event(account_id, "0.01", time=datetime(2025, 3, 1, tzinfo=UTC)),
+                )
+    runs: list[rollups.RollupRun] = []
+
+    async def body(connection: AsyncConnection) -> rollups.RollupRun:
+        runs.append(await roll_up(connection, lag_seconds=0, max_events=10))
+        return runs[-1]
+
+    assert await run_job(clean_db, Job("usage_rollups", None, body, again=rollups.behind))
+    assert [run.events for run in runs] == [7, 14, 14] and runs[-1].caught_up
+    assert [run.caught_up for run in runs[:-1]] == [False, False]
+    assert [run.since for run in runs[1:]] == [run.until for run in runs[:-1]]
+    assert await _folded(clean_db, account_id) == 35
 
 
 async def test_rollup_lag_keeps_the_newest_events_raw(clean_db: AsyncEngine) -> None:
