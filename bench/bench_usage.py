@@ -311,12 +311,16 @@ async def main(args: argparse.Namespace) -> None:
 
         print("\n3. Rollup job")
 
-        runs = 0
+        runs = folded = 0
 
         async def fold(connection: Any) -> Any:
-            nonlocal runs
-            runs += 1
-            return await roll_up(connection, lag_seconds=0)
+            nonlocal runs, folded
+            run = await roll_up(connection, lag_seconds=0)
+            runs, folded = runs + 1, folded + run.events
+            if runs % 10 == 0:
+                rate = folded / (time.perf_counter() - started)
+                print(f"  folded {folded:,} events ({rate:,.0f}/s)", flush=True)
+            return run
 
         started = time.perf_counter()
         await run_job(engine, Job("usage_rollups", None, fold, again=behind))
