@@ -1,6 +1,6 @@
 """Usage queries and event ingestion at scale. Run by hand (not in CI):
 
-    python bench/bench_usage.py [--events 10000000] [--accounts 1000] [--days 90]
+    python bench/bench_usage.py [--events 10000000] [--accounts 1000] [--days 90] [--ingest-only]
 
 On a fresh database (TEST_DATABASE_URL / DATABASE_URL's server, else the embedded one):
 1. loads `--events` usage events spread over `--days` days and `--accounts` accounts with COPY
@@ -306,38 +306,39 @@ async def main(args: argparse.Namespace) -> None:
             for name, (p50, p99, rows) in results[label].items():
                 print(f"  {name:<20} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   ({rows:.0f} rows)")
 
-        print("\n2. Queries from raw events only (baseline: no rollup run yet)")
-        await measure("raw")
+        if not args.ingest_only:
+            print("\n2. Queries from raw events only (baseline: no rollup run yet)")
+            await measure("raw")
 
-        print("\n3. Rollup job")
+            print("\n3. Rollup job")
 
-        runs = folded = 0
+            runs = folded = 0
 
-        async def fold(connection: Any) -> Any:
-            nonlocal runs, folded
-            run = await roll_up(connection, lag_seconds=0)
-            runs, folded = runs + 1, folded + run.events
-            if runs % 10 == 0:
-                rate = folded / (time.perf_counter() - started)
-                print(f"  folded {folded:,} events ({rate:,.0f}/s)", flush=True)
-            return run
+            async def fold(connection: Any) -> Any:
+                nonlocal runs, folded
+                run = await roll_up(connection, lag_seconds=0)
+                runs, folded = runs + 1, folded + run.events
+                if runs % 10 == 0:
+                    rate = folded / (time.perf_counter() - started)
+                    print(f"  folded {folded:,} events ({rate:,.0f}/s)", flush=True)
+                return run
 
-        started = time.perf_counter()
-        await run_job(engine, Job("usage_rollups", None, fold, again=behind))
-        elapsed = time.perf_counter() - started
-        async with engine.connect() as connection:
-            buckets = await connection.scalar(text("SELECT count(*) FROM usage_rollups"))
-        # The steady state autovacuum reaches on its own (statistics, visibility map), rather
-        # than racing it for the two cores while timing.
-        vacuum = await asyncpg.connect(dsn)
-        try:
-            await vacuum.execute("VACUUM ANALYZE usage_rollups")
-        finally:
-            await vacuum.close()
-        print(f"  folded {args.events:,} events into {buckets:,} bucket rows (15-minute and "
-              f"hourly) in {elapsed:.1f} s, {runs} transactions")  # fmt: skip
-        print("  queries from rollups (+ raw edges):")
-        await measure("rollups")
+            started = time.perf_counter()
+            await run_job(engine, Job("usage_rollups", None, fold, again=behind))
+            elapsed = time.perf_counter() - started
+            async with engine.connect() as connection:
+                buckets = await connection.scalar(text("SELECT count(*) FROM usage_rollups"))
+            # The steady state autovacuum reaches on its own (statistics, visibility map), rather
+            # than racing it for the two cores while timing.
+            vacuum = await asyncpg.connect(dsn)
+            try:
+                await vacuum.execute("VACUUM ANALYZE usage_rollups")
+            finally:
+                await vacuum.close()
+            print(f"  folded {args.events:,} events into {buckets:,} bucket rows (15-minute and "
+                  f"hourly) in {elapsed:.1f} s, {runs} transactions")  # fmt: skip
+            print("  queries from rollups (+ raw edges):")
+            await measure("rollups")
 
         print(f"\n4. POST /admin/events, batches of {args.batch:,}")
         # Live usage (events of the last minutes, as a metering pipeline sends them) lands at
@@ -353,8 +354,9 @@ async def main(args: argparse.Namespace) -> None:
                 rate = await ingest_rate(base, batches, concurrency)
                 print(f"    {concurrency} at a time: {rate:,.0f} events/s "
                       f"({args.ingest:,} events)")  # fmt: skip
-        print(f"  queries with {6 * args.ingest:,} events not yet rolled up:")
-        await measure("fresh")
+        if not args.ingest_only:
+            print(f"  queries with {6 * args.ingest:,} events not yet rolled up:")
+            await measure("fresh")
     finally:
         if process is not None:
             process.terminate()
@@ -375,4 +377,7 @@ if __name__ == "__main__":
     parser.add_argument("--ingest", type=int, default=100_000, help="events per ingest run")
     parser.add_argument("--batch", type=int, default=5_000, help="events per ingest request")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument(
+        "--ingest-only", action="store_true", help="load, then only step 4 (no queries, rollups)"
+    )
     asyncio.run(main(parser.parse_args()))
