@@ -18,7 +18,7 @@ down_revision: str | tuple[str, ...] | None = ("0003", "0004")
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-_CREATE = """
+_FUNCTION = """
 CREATE OR REPLACE FUNCTION ensure_usage_events_partition(month_start date) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -28,42 +28,30 @@ BEGIN
         RETURN;
     END IF;
     PERFORM pg_advisory_xact_lock(hashtext('usage_events_partitions'));
-    BEGIN
-        EXECUTE format(
-            'CREATE TABLE %I PARTITION OF usage_events FOR VALUES FROM (%L) TO (%L)',
-            partition_name,
-            date_trunc('month', month_start)::timestamp AT TIME ZONE 'UTC',
-            (date_trunc('month', month_start) + interval '1 month')::timestamp AT TIME ZONE 'UTC'
-        );
-    EXCEPTION WHEN duplicate_table THEN
-        NULL;  -- made by the caller this one waited for
-    END;
+    {create}
 END
 $$
 """
 
-# 0002's version, restored on downgrade.
-_PREVIOUS = """
-CREATE OR REPLACE FUNCTION ensure_usage_events_partition(month_start date) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    partition_name text := 'usage_events_' || to_char(month_start, 'YYYY_MM');
-BEGIN
-    IF to_regclass(partition_name) IS NOT NULL THEN
-        RETURN;
-    END IF;
-    PERFORM pg_advisory_xact_lock(hashtext('usage_events_partitions'));
-    IF to_regclass(partition_name) IS NULL THEN
+_CREATE_TABLE = """
         EXECUTE format(
             'CREATE TABLE %I PARTITION OF usage_events FOR VALUES FROM (%L) TO (%L)',
             partition_name,
             date_trunc('month', month_start)::timestamp AT TIME ZONE 'UTC',
             (date_trunc('month', month_start) + interval '1 month')::timestamp AT TIME ZONE 'UTC'
-        );
-    END IF;
-END
-$$
-"""
+        );"""
+
+_CREATE = _FUNCTION.format(
+    create=f"""BEGIN{_CREATE_TABLE}
+    EXCEPTION WHEN duplicate_table THEN
+        NULL;  -- made by the caller this one waited for
+    END;"""
+)
+# 0002's version, restored on downgrade.
+_PREVIOUS = _FUNCTION.format(
+    create=f"""IF to_regclass(partition_name) IS NULL THEN{_CREATE_TABLE}
+    END IF;"""
+)
 
 
 def upgrade() -> None:
