@@ -144,9 +144,21 @@ async def test_bad_credit_bodies_are_400_and_change_nothing(admin: httpx.AsyncCl
         ({"amount": "1", "kind": "refund"}, "kind"),
         ({"amount": "1", "colour": "red"}, "colour"),
         ({}, "amount"),
+        ({"amount": "1", "reference": "r\x00"}, "reference"),  # Postgres text cannot hold NUL
+        ({"amount": "1", "description": "\x00"}, "description"),
     ):
         response = await admin.post(url, json=body)
         assert response.status_code == 400, (body, response.text)
         assert response.json()["error"]["param"] == param, (body, response.json())
     fetched = (await admin.get(f"/admin/accounts/{account['id']}")).json()
     assert fetched["balance"] == "0.00"
+
+
+async def test_a_nul_in_stored_text_is_400_not_a_database_error(admin: httpx.AsyncClient) -> None:
+    for body, param in (({"name": "a\x00b"}, "name"), ({"name": "A", "email": "\x00"}, "email")):
+        response = await admin.post("/admin/accounts", json=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == param
+    account, _ = await new_account_with_key(admin)
+    response = await admin.post(f"/admin/accounts/{account['id']}/keys", json={"name": "k\x00"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "name"

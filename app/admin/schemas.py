@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+
+# Stored text: JSON allows NUL ("\u0000"), Postgres text does not, so it is a 400 here rather
+# than a database error.
+Text = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$")]
 
 
 class CreateAccount(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    email: str | None = None
+    name: Text
+    email: Text | None = None
 
 
 class CreateKey(msgspec.Struct, forbid_unknown_fields=True):
-    name: str | None = None
+    name: Text | None = None
 
 
 class AddCredit(msgspec.Struct, forbid_unknown_fields=True):
     amount: str | int
     kind: str = "purchase"
-    reference: str | None = None
-    description: str | None = None
+    reference: Text | None = None
+    description: Text | None = None

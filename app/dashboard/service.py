@@ -312,6 +312,8 @@ async def key_rows(
 
 async def create_key(db: AsyncSession, account_id: uuid.UUID, name: str) -> tuple[ApiKey, str]:
     name = " ".join(name.split())
+    if "\x00" in name:
+        raise InvalidRequest("A key's name cannot contain the NUL character.")
     if len(name) > KEY_NAME_MAX:
         raise InvalidRequest(f"A key's name can be at most {KEY_NAME_MAX} characters.")
     return await accounts.issue_key(db, account_id, name=name or None)

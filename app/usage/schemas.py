@@ -210,8 +210,14 @@ def _filters(value: object, fields: tuple[str, ...]) -> dict[str, tuple[FilterVa
                 param=param,
                 code="invalid_type",
             )
-        filters[field] = tuple(_id(v, param) if field in _ID_FIELDS else v for v in values)
+        filters[field] = tuple(_id(v, param) if field in _ID_FIELDS else _text(v) for v in values)
     return filters
+
+
+def _text(value: str | None) -> str | None:
+    # Stored users have NUL dropped (Postgres text cannot hold it), so a filter matches them
+    # the same way.
+    return None if value is None else value.replace("\x00", "")
 
 
 def _id(value: str | None, param: str) -> uuid.UUID | None:

@@ -225,3 +225,20 @@ async def test_a_malformed_month_is_explained(dashboard: Dashboard, customer: Cu
         assert csv.headers["content-type"].startswith("text/html")
         assert "Months look like 2026-05" in csv.text
         assert (await client.get("/dashboard/")).status_code == 200
+
+
+async def test_a_key_name_with_a_nul_is_explained_and_no_key_is_made(
+    dashboard: Dashboard, customer: Customer
+) -> None:
+    async with httpx.AsyncClient(base_url=dashboard.url) as client:
+        await _sign_in(client, customer.key)
+        page = await client.get("/dashboard/keys")
+        token = TOKEN_RE.search(page.text)
+        assert token, page.text
+        before = page.text.count("Revoke")
+        response = await client.post(
+            "/dashboard/keys", data={"name": "ci\x00", "_csrf_token": token.group(1)}
+        )
+        assert response.status_code == 400
+        assert "cannot contain the NUL character" in response.text
+        assert (await client.get("/dashboard/keys")).text.count("Revoke") == before

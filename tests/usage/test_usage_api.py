@@ -238,6 +238,7 @@ async def test_group_by_and_filter_on_every_field(
     assert await total(model=["llama-3-1-8b"]) == 2  # matched through the alias
     assert await total(model=["llama-3.3-70b-online", "llama-3.3-70b"]) == 2
     assert await total(user=["alice"]) == 2
+    assert await total(user=["al\x00ice"]) == 2  # NUL dropped, as from the users stored
     assert await total(user=[""]) == 1
     assert await total(api_key_id=[customer.key_id]) == 1
     assert await total(api_key_id=[None]) == 3
