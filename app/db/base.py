@@ -13,6 +13,13 @@ from sqlalchemy.orm import DeclarativeBase, mapped_column
 MONEY = Numeric(38, 12)
 Money = Annotated[Decimal, mapped_column(MONEY)]
 
+
+def without_nul(text: str) -> str:
+    """`text` as Postgres can store it: JSON allows NUL ("\\u0000"), Postgres text does not.
+    For values kept as given otherwise (a request's `user`, and the filters that match it)."""
+    return text.replace("\x00", "")
+
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from app.db.base import without_nul
 from app.errors import InvalidRequest
 from app.gateway import tokens
 
@@ -101,11 +102,11 @@ def _stream_flags(body: dict[str, Any], request: ProxyRequest) -> None:
 
 
 def _user(fields: Mapping[str, Any]) -> str | None:
-    """The end user a request is attributed to in usage. Postgres text cannot hold NUL, which
-    JSON allows: it is dropped here (the upstream still gets the body as sent), so one request
-    can never make its settlement, and the batch of others committed with it, fail."""
+    """The end user a request is attributed to in usage, as Postgres can store it (the
+    upstream still gets the body as sent): one request can never make its settlement, and the
+    batch of others committed with it, fail."""
     user = fields.get("user")
-    return user.replace("\x00", "") if isinstance(user, str) else None
+    return without_nul(user) if isinstance(user, str) else None
 
 
 def inspect_json(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> ProxyRequest:

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, available_timezones
 
 import msgspec
 
+from app.db.base import without_nul
 from app.errors import InvalidRequest
 from app.usage.windows import (
     MAX_WINDOWS,
@@ -215,9 +216,8 @@ def _filters(value: object, fields: tuple[str, ...]) -> dict[str, tuple[FilterVa
 
 
 def _text(value: str | None) -> str | None:
-    # Stored users have NUL dropped (Postgres text cannot hold it), so a filter matches them
-    # the same way.
-    return None if value is None else value.replace("\x00", "")
+    # As stored users are (NUL dropped), so a filter matches them the same way.
+    return None if value is None else without_nul(value)
 
 
 def _id(value: str | None, param: str) -> uuid.UUID | None:
