@@ -108,6 +108,14 @@ class RequestTooLarge(TollgateError):
     code = "request_too_large"
 
 
+class ClientDisconnected(TollgateError):
+    """The client left before its request was read: nobody sees the answer (nginx's 499)."""
+
+    status_code = 499
+    type = "invalid_request_error"
+    code = "client_disconnected"
+
+
 class RateLimitExceeded(TollgateError):
     status_code = 429
     type = "rate_limit_exceeded"

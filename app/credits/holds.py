@@ -15,7 +15,7 @@ import uuid
 from decimal import Decimal
 
 import asyncpg
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.credits import repository
@@ -32,6 +32,26 @@ HOLD_BATCH = Histogram(
     "Credit holds placed per statement",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+
+# Requests whose actual cost exceeded their hold: SPEC 7 bounds an overdraft by these amounts,
+# so an operator watches them to see when the bound is strained.
+HOLD_SHORTFALLS = Counter(
+    "tollgate_hold_shortfall", "Requests whose actual cost exceeded their credit hold"
+)
+HOLD_SHORTFALL_AMOUNT = Counter(
+    "tollgate_hold_shortfall_amount",
+    "Sum of the amounts by which actual costs exceeded their credit holds",
+    ["currency"],
+)
+
+
+def record_shortfall(request_id: str, held: Decimal, cost: Decimal, currency: str) -> None:
+    HOLD_SHORTFALLS.inc()
+    HOLD_SHORTFALL_AMOUNT.labels(currency).inc(float(cost - held))
+    logger.warning(
+        "request %s cost %s %s, more than its hold of %s", request_id, cost, currency, held
+    )
+
 
 # A hold asked for: account, hold id, amount, and where its outcome goes (None: no account).
 _Wanted = tuple[uuid.UUID, uuid.UUID, Decimal, "asyncio.Future[HoldOutcome | None]"]

@@ -23,19 +23,23 @@ from typing import Any
 import aiohttp
 import msgspec
 from litestar import Request
+from litestar.datastructures import UploadFile
+from litestar.exceptions import InternalServerException
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.accounts.auth import KeyAuthenticator, Principal
 from app.config import Settings
-from app.credits.holds import HoldKeeper
+from app.credits.holds import HoldKeeper, record_shortfall
 from app.credits.tiers import TierTable
 from app.errors import (
+    ClientDisconnected,
     InsufficientQuota,
     InvalidRequest,
     TollgateError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from app.gateway import audio
 from app.gateway import requests as rq
 from app.gateway.relay import DONE_EVENT, SseInspector
 from app.gateway.upstreams import Router
@@ -51,6 +55,10 @@ logger = logging.getLogger(__name__)
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
+
+# Bodies larger than this are inspected (parsed and their prompt counted) off the event loop,
+# so a 25 MB prompt does not stall every other request while its tokens are counted.
+INSPECT_INLINE_BYTES = 256 * 1024
 
 # Not forwarded upstream: hop-by-hop headers (RFC 9110 §7.6.1), the client's credentials and
 # identity at OpenAI, and what the HTTP client sets itself.
@@ -112,6 +120,7 @@ class Call:
     request: rq.ProxyRequest
     resolved: ResolvedModel
     hold_id: uuid.UUID
+    hold_amount: Decimal
     request_id: str
     reserved_tokens: int = 0
     limit_headers: dict[str, str] = field(default_factory=dict)
@@ -145,15 +154,18 @@ class Gateway:
 
     async def handle(self, request: Request[Any, Any, Any], endpoint: str) -> ASGIApp:
         principal = await self.authenticator.authenticate(request.headers.get("authorization"))
-        raw = await request.body()
+        raw = await _read_body(request)
         if endpoint == rq.TRANSCRIPTIONS:
             proxy_request = await _inspect_multipart(request, len(raw))
+        elif len(raw) <= INSPECT_INLINE_BYTES:
+            proxy_request = _inspect_json(endpoint, raw, self.settings.default_max_tokens)
         else:
-            body = rq.parse_json_body(raw)
-            proxy_request = rq.inspect_json(endpoint, body, self.settings.default_max_tokens)
+            proxy_request = await asyncio.to_thread(
+                _inspect_json, endpoint, raw, self.settings.default_max_tokens
+            )
         # Unpriced models are refused before anything is held or forwarded.
         resolved = self.catalog.resolve(proxy_request.model, datetime.now(UTC))
-        estimate = estimate_usage(proxy_request)
+        estimate = estimate_usage(proxy_request, resolved)
         hold_amount = price(resolved, estimate).total
         account_id = principal.account_id
         hold = await self.holds.place(account_id, hold_amount)
@@ -166,7 +178,14 @@ class Gateway:
                 f"{money_str(hold.available)}. Add credit to continue.",
                 headers=state.headers(),
             )
-        call = Call(principal, proxy_request, resolved, hold.hold_id, request_id(request.scope))
+        call = Call(
+            principal,
+            proxy_request,
+            resolved,
+            hold.hold_id,
+            hold_amount,
+            request_id(request.scope),
+        )
         try:
             tokens = estimate.prompt_tokens + estimate.completion_tokens
             call.limit_headers = (await self.limiter.admit(account_id, tier, tokens)).headers()
@@ -323,6 +342,8 @@ class Gateway:
         call.settled = True
         account_id = call.principal.account_id
         event = None if usage is None else self._event(call, usage, outcome)
+        if event is not None and event.cost > call.hold_amount:
+            record_shortfall(call.request_id, call.hold_amount, event.cost, event.currency)
         try:
             await self.writer.settle(Settlement(account_id, call.hold_id, event))
         finally:
@@ -355,6 +376,19 @@ class Gateway:
         )
 
 
+async def _read_body(request: Request[Any, Any, Any]) -> bytes:
+    try:
+        return await request.body()
+    except InternalServerException:
+        # Litestar's only one while reading a body: the client disconnected. Nothing is held.
+        logger.debug("client left before its request body was read (%s)", request_id(request.scope))
+        raise ClientDisconnected("The client disconnected before sending its request.") from None
+
+
+def _inspect_json(endpoint: str, raw: bytes, default_max_tokens: int) -> rq.ProxyRequest:
+    return rq.inspect_json(endpoint, rq.parse_json_body(raw), default_max_tokens)
+
+
 async def _inspect_multipart(request: Request[Any, Any, Any], size: int) -> rq.ProxyRequest:
     try:
         form = await request.form()
@@ -363,11 +397,17 @@ async def _inspect_multipart(request: Request[Any, Any, Any], size: int) -> rq.P
             "The body must be multipart/form-data with a `file` and a `model`."
         ) from exc
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
-    if "file" not in form:
+    upload = form.get("file")
+    if upload is None:
         raise InvalidRequest(
             "Missing required parameter: 'file'.", param="file", code="missing_field"
         )
-    return rq.inspect_transcription(fields, size)
+    measured = None
+    if isinstance(upload, UploadFile):
+        data = await upload.read()
+        await upload.seek(0)
+        measured = await asyncio.to_thread(audio.duration, data)
+    return rq.inspect_transcription(fields, size, measured)
 
 
 def _error_event(error: TollgateError) -> bytes:

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from app.gateway.tokens import TextTally
+from app.gateway.tokens import TextTally, output_texts
 
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -25,7 +25,7 @@ class SseInspector:
     def __init__(self, *, client_wants_usage: bool) -> None:
         self.client_wants_usage = client_wants_usage
         self.usage: dict[str, Any] | None = None
-        self.delivered = TextTally()  # tokens of the text delivered, in case of no usage
+        self.delivered = TextTally()  # tokens of the output delivered, in case of no usage
         self.saw_done = False
         self.events = 0  # data events carrying output, for "did the upstream produce anything"
         self._pending = b""
@@ -89,12 +89,10 @@ class SseInspector:
         index = index if isinstance(index, int) else 0
         delta = choice.get("delta")
         if isinstance(delta, dict):
-            for field in ("content", "reasoning_content", "refusal"):
-                value = delta.get(field)
-                if isinstance(value, str):
-                    self.delivered.add(index, value)
+            for key, text in output_texts(delta):
+                self.delivered.add((index, key), text)
         elif isinstance(choice.get("text"), str):
-            self.delivered.add(index, choice["text"])
+            self.delivered.add((index, "text"), choice["text"])
 
 
 def _data_of(event: bytes) -> bytes | None:

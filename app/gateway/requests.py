@@ -4,6 +4,7 @@ the client sent it, apart from `stream_options` on streams."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ import msgspec
 
 from app.db.base import without_nul
 from app.errors import InvalidRequest
-from app.gateway import tokens
+from app.gateway import audio, tokens
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -21,8 +22,8 @@ IMAGES = "/v1/images/generations"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 SPEECH = "/v1/audio/speech"
 
-# A transcription's length is unknown before the upstream answers; for the hold, assume
-# compressed audio of about 16 kB per second (a low bitrate, so the guess errs high).
+# An upload whose container cannot be read is charged, when the upstream reports no duration
+# either, as compressed speech of about 16 kB per second (its hold assumes far less).
 AUDIO_BYTES_PER_SECOND = 16_000
 
 
@@ -40,7 +41,8 @@ class ProxyRequest:
     images_out: int = 0
     image_size: str | None = None
     image_quality: str | None = None
-    audio_seconds_estimate: int = 0
+    audio_seconds_hold: int = 0  # the most seconds an upload can hold, for its credit hold
+    audio_seconds_charged: int = 0  # charged when the upstream reports no duration
     characters: int = 0
     user: str | None = None
 
@@ -71,17 +73,31 @@ def _require(body: dict[str, Any], field: str, kind: type | tuple[type, ...], wh
     return value
 
 
-def _optional_int(body: dict[str, Any], field: str, *, minimum: int) -> int | None:
+# Bounds of the integers a hold is computed from: what upstreams accept (OpenAI: `n` ≤ 128,
+# token counts in 32 bits), so a hold stays far inside the ledger's range.
+MAX_N = 128
+MAX_TOKENS = 2**31 - 1
+# A `user` becomes a usage group and a spend-limit key (SPEC 3.1).
+MAX_USER_LENGTH = 256
+
+
+def _optional_int(body: dict[str, Any], field: str, *, minimum: int, maximum: int) -> int | None:
     value = body.get(field)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
         raise InvalidRequest(
-            f"Invalid value for '{field}': expected an integer ≥ {minimum}.",
+            f"Invalid value for '{field}': expected an integer from {minimum} to {maximum}.",
             param=field,
             code="invalid_value",
         )
     return value
+
+
+def _output_cap(body: dict[str, Any], *fields: str, minimum: int) -> int | None:
+    """The larger of the output caps a request sets: an upstream may obey either."""
+    caps = [_optional_int(body, field, minimum=minimum, maximum=MAX_TOKENS) for field in fields]
+    return max((cap for cap in caps if cap is not None), default=None)
 
 
 def _stream_flags(body: dict[str, Any], request: ProxyRequest) -> None:
@@ -106,7 +122,15 @@ def _user(fields: Mapping[str, Any]) -> str | None:
     upstream still gets the body as sent): one request can never make its settlement, and the
     batch of others committed with it, fail."""
     user = fields.get("user")
-    return without_nul(user) if isinstance(user, str) else None
+    if not isinstance(user, str):
+        return None
+    if len(user) > MAX_USER_LENGTH:
+        raise InvalidRequest(
+            f"Invalid value for 'user': at most {MAX_USER_LENGTH} characters, got {len(user)}.",
+            param="user",
+            code="invalid_value",
+        )
+    return without_nul(user)
 
 
 def inspect_json(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> ProxyRequest:
@@ -121,27 +145,31 @@ def inspect_json(endpoint: str, body: dict[str, Any], default_max_tokens: int) -
                 code="invalid_value",
             )
         _stream_flags(body, request)
-        request.prompt_tokens, request.images_in = tokens.count_messages(messages)
-        request.n = _optional_int(body, "n", minimum=1) or 1
-        cap = _optional_int(body, "max_completion_tokens", minimum=1) or _optional_int(
-            body, "max_tokens", minimum=1
-        )
+        request.prompt_tokens, request.images_in = tokens.count_chat(body, messages)
+        request.n = _optional_int(body, "n", minimum=1, maximum=MAX_N) or 1
+        cap = _output_cap(body, "max_completion_tokens", "max_tokens", minimum=1)
         request.max_output_tokens = cap or default_max_tokens
     elif endpoint == COMPLETIONS:
         prompt = _require(body, "prompt", (str, list), "a string or an array")
         _stream_flags(body, request)
-        request.prompt_tokens = tokens.count_prompt(prompt)
-        request.n = (_optional_int(body, "n", minimum=1) or 1) * max(1, _prompt_count(prompt))
+        suffix = body.get("suffix")
+        request.prompt_tokens = tokens.count_prompt(prompt) + (
+            tokens.count_text(suffix) if isinstance(suffix, str) else 0
+        )
+        n = _optional_int(body, "n", minimum=1, maximum=MAX_N) or 1
+        best_of = _optional_int(body, "best_of", minimum=1, maximum=MAX_N) or 1
+        # `best_of` completions are generated (and billed) server-side, `n` of them returned.
+        request.n = max(n, best_of) * max(1, _prompt_count(prompt))
         # SPEC 7's hold, not the legacy endpoint's documented 16 (seed 001): an upstream may
         # default higher, and a hold too small lets the credit be overdrawn.
-        cap = _optional_int(body, "max_tokens", minimum=0)
+        cap = _output_cap(body, "max_tokens", minimum=0)
         request.max_output_tokens = cap or default_max_tokens
     elif endpoint == EMBEDDINGS:
         embedded = _require(body, "input", (str, list), "a string or an array")
         request.prompt_tokens = tokens.count_prompt(embedded)
     elif endpoint == IMAGES:
         _require(body, "prompt", str, "a string")
-        request.images_out = _optional_int(body, "n", minimum=1) or 1
+        request.images_out = _optional_int(body, "n", minimum=1, maximum=MAX_N) or 1
         request.image_size = body.get("size") if isinstance(body.get("size"), str) else None
         request.image_quality = (
             body.get("quality") if isinstance(body.get("quality"), str) else None
@@ -152,7 +180,10 @@ def inspect_json(endpoint: str, body: dict[str, Any], default_max_tokens: int) -
     return request
 
 
-def inspect_transcription(form: dict[str, Any], upload_bytes: int) -> ProxyRequest:
+def inspect_transcription(
+    form: dict[str, Any], upload_bytes: int, measured_seconds: float | None
+) -> ProxyRequest:
+    """`measured_seconds`: the upload's length read from its container, None if unreadable."""
     model = form.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest(
@@ -164,7 +195,13 @@ def inspect_transcription(form: dict[str, Any], upload_bytes: int) -> ProxyReque
         )
     request = ProxyRequest(endpoint=TRANSCRIPTIONS, model=model, body=None)
     request.user = _user(form)
-    request.audio_seconds_estimate = max(1, -(-upload_bytes // AUDIO_BYTES_PER_SECOND))
+    if measured_seconds is not None:
+        # Billed per started second, as providers bill audio.
+        request.audio_seconds_charged = max(1, math.ceil(measured_seconds))
+        request.audio_seconds_hold = request.audio_seconds_charged
+    else:
+        request.audio_seconds_charged = max(1, -(-upload_bytes // AUDIO_BYTES_PER_SECOND))
+        request.audio_seconds_hold = max(1, math.ceil(upload_bytes / audio.FLOOR_BYTES_PER_SECOND))
     return request
 
 

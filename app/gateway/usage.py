@@ -3,6 +3,7 @@ from the gateway's own count otherwise (`usage_source = "estimated"`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,8 @@ import msgspec
 from app.gateway import requests as rq
 from app.gateway import tokens
 from app.gateway.relay import SseInspector
-from app.pricing import ResolvedModel, Usage
+from app.metering.schemas import UsageSource
+from app.pricing import DEFAULT_IMAGE_TOKENS, ResolvedModel, Usage
 
 _decode = msgspec.json.Decoder().decode
 
@@ -20,26 +22,39 @@ _decode = msgspec.json.Decoder().decode
 @dataclass(frozen=True, slots=True)
 class MeteredUsage:
     usage: Usage
-    source: str  # "upstream" | "estimated"
+    source: UsageSource
 
 
-def estimate_usage(request: rq.ProxyRequest) -> Usage:
+def _image_tokens(resolved: ResolvedModel) -> int:
+    allowance = resolved.prices.image_tokens
+    return DEFAULT_IMAGE_TOKENS if allowance is None else allowance
+
+
+def prompt_estimate(request: rq.ProxyRequest, resolved: ResolvedModel) -> int:
+    """The gateway's count of a prompt, its images at the model's per-image allowance."""
+    return request.prompt_tokens + request.images_in * _image_tokens(resolved)
+
+
+def estimate_usage(request: rq.ProxyRequest, resolved: ResolvedModel) -> Usage:
     """The most a request can consume, for its credit hold (SPEC 7)."""
     return Usage(
         endpoint=request.endpoint,
-        prompt_tokens=request.prompt_tokens,
+        prompt_tokens=prompt_estimate(request, resolved),
         completion_tokens=request.n * request.max_output_tokens,
         images_in=request.images_in,
         images_out=request.images_out,
         image_size=request.image_size,
         image_quality=request.image_quality,
-        audio_seconds=request.audio_seconds_estimate,
+        audio_seconds=request.audio_seconds_hold,
         characters=request.characters,
     )
 
 
 def _token_usage(
-    request: rq.ProxyRequest, reported: dict[str, Any] | None, delivered_tokens: Callable[[], int]
+    request: rq.ProxyRequest,
+    resolved: ResolvedModel,
+    reported: dict[str, Any] | None,
+    delivered_tokens: Callable[[], int],
 ) -> MeteredUsage:
     if reported is not None and isinstance(reported.get("prompt_tokens"), int):
         details = reported.get("prompt_tokens_details")
@@ -55,34 +70,65 @@ def _token_usage(
                 completion_tokens=_count(reported.get("completion_tokens")),
                 images_in=request.images_in,
             ),
-            "upstream",
+            UsageSource.UPSTREAM,
         )
     return MeteredUsage(
         Usage(
             endpoint=request.endpoint,
-            prompt_tokens=request.prompt_tokens,
+            prompt_tokens=prompt_estimate(request, resolved),
             completion_tokens=delivered_tokens(),
             images_in=request.images_in,
         ),
-        "estimated",
+        UsageSource.ESTIMATED,
     )
 
 
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return 0
+    # Beyond any real reply; a larger count would fail the settlement's integer columns.
+    return min(value, rq.MAX_TOKENS)
 
 
 def usage_from_stream(
     request: rq.ProxyRequest, resolved: ResolvedModel, inspector: SseInspector
 ) -> MeteredUsage:
-    return _token_usage(request, inspector.usage, inspector.delivered.total)
+    return _token_usage(request, resolved, inspector.usage, inspector.delivered.total)
+
+
+def _reported_seconds(reported: dict[str, Any] | None, document: dict[str, Any]) -> float | None:
+    """A transcription's length as the upstream reports it: usage seconds, else the
+    `duration` of a `verbose_json` reply."""
+    for value in (reported.get("seconds") if reported else None, document.get("duration")):
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e9:
+            return float(value)
+    return None
+
+
+def _delivered_tokens(document: dict[str, Any]) -> int:
+    """The gateway's count of a JSON reply's output: every choice's text, reasoning, refusal
+    and tool or function calls."""
+    tally = tokens.TextTally()
+    choices = document.get("choices")
+    for position, choice in enumerate(choices if isinstance(choices, list) else ()):
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        if isinstance(message, dict):
+            for key, text in tokens.output_texts(message):
+                tally.add((position, key), text)
+        elif isinstance(choice.get("text"), str):
+            tally.add((position, "text"), choice["text"])
+    return tally.total()
 
 
 def usage_from_body(request: rq.ProxyRequest, resolved: ResolvedModel, body: bytes) -> MeteredUsage:
     endpoint = request.endpoint
     if endpoint == rq.SPEECH:
         # Speech is priced by the characters of its input, known from the request.
-        return MeteredUsage(Usage(endpoint=endpoint, characters=request.characters), "estimated")
+        return MeteredUsage(
+            Usage(endpoint=endpoint, characters=request.characters), UsageSource.ESTIMATED
+        )
     try:
         parsed = _decode(body)
     except msgspec.DecodeError:
@@ -99,26 +145,17 @@ def usage_from_body(request: rq.ProxyRequest, resolved: ResolvedModel, body: byt
                 image_size=request.image_size,
                 image_quality=request.image_quality,
             ),
-            "upstream",
+            UsageSource.UPSTREAM,
         )
     if endpoint == rq.TRANSCRIPTIONS:
-        seconds = reported.get("seconds") if reported else None
-        if isinstance(seconds, int | float) and seconds >= 0:
+        seconds = _reported_seconds(reported, document)
+        if seconds is not None:
             # Billed per started second, as providers bill audio.
             return MeteredUsage(
-                Usage(endpoint=endpoint, audio_seconds=int(-(-seconds // 1))), "upstream"
+                Usage(endpoint=endpoint, audio_seconds=math.ceil(seconds)), UsageSource.UPSTREAM
             )
         return MeteredUsage(
-            Usage(endpoint=endpoint, audio_seconds=request.audio_seconds_estimate), "estimated"
+            Usage(endpoint=endpoint, audio_seconds=request.audio_seconds_charged),
+            UsageSource.ESTIMATED,
         )
-    delivered: list[str] = []
-    if reported is None:
-        for choice in document.get("choices") or []:
-            if not isinstance(choice, dict):
-                continue
-            message = choice.get("message")
-            if isinstance(message, dict) and isinstance(message.get("content"), str):
-                delivered.append(message["content"])
-            elif isinstance(choice.get("text"), str):
-                delivered.append(choice["text"])
-    return _token_usage(request, reported, lambda: sum(map(tokens.count_text, delivered)))
+    return _token_usage(request, resolved, reported, lambda: _delivered_tokens(document))

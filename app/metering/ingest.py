@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.admin.guards import require_admin
 from app.errors import InvalidRequest, ModelNotFound, TollgateError
 from app.metering import repository
-from app.metering.schemas import UsageEventRecord
+from app.metering.schemas import UsageEventRecord, UsageSource
 from app.money import money_str
 from app.pricing import Catalog, Charge, Endpoint, Usage, price
 from app.pricing.rates import PICO, Rate
@@ -254,7 +254,7 @@ def price_event(event: IngestEvent, catalog: Catalog, now: datetime) -> UsageEve
         currency=charge.currency,
         price_version=str(charge.price_version),
         charge=msgspec.Raw(charge_json(charge).encode()),
-        usage_source="ingested",
+        usage_source=UsageSource.INGESTED,
         outcome="completed",
     )
 

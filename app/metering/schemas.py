@@ -6,8 +6,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from enum import StrEnum
 
 import msgspec
+
+
+class UsageSource(StrEnum):
+    """Where an event's counts come from."""
+
+    UPSTREAM = "upstream"  # the upstream's `usage`
+    ESTIMATED = "estimated"  # the gateway's own count (SPEC 3.1)
+    INGESTED = "ingested"  # POST /admin/events
 
 
 class UsageEventRecord(msgspec.Struct, frozen=True, gc=False, array_like=True):
@@ -32,7 +41,7 @@ class UsageEventRecord(msgspec.Struct, frozen=True, gc=False, array_like=True):
     currency: str
     price_version: str
     charge: msgspec.Raw  # the itemised charge, as JSON
-    usage_source: str
+    usage_source: UsageSource
     outcome: str
 
     @property

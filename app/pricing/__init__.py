@@ -7,6 +7,7 @@ charge.total, charge.lines, charge_to_json(charge)      # exact Decimal; JSON mo
 """
 
 from app.pricing.catalog import (
+    DEFAULT_IMAGE_TOKENS,
     Catalog,
     ImageGenerationPrices,
     ModelPrices,
@@ -20,6 +21,7 @@ from app.pricing.serialize import charge_to_json, format_money
 from app.pricing.usage import Endpoint, Usage
 
 __all__ = [
+    "DEFAULT_IMAGE_TOKENS",
     "Catalog",
     "Charge",
     "ChargeLine",

@@ -31,6 +31,12 @@ class ImageGenerationPrices:
     per_image: Mapping[str, Mapping[str, Decimal]]  # size → quality → price per image
 
 
+# Prompt tokens an input image counts for in a credit hold, unless the model sets its own
+# (`image_tokens`): OpenAI's largest published per-image charge is gpt-4.1-mini's 1,536
+# patches × 1.62 = 2,489 tokens.
+DEFAULT_IMAGE_TOKENS = 2_560
+
+
 @dataclass(frozen=True, slots=True)
 class ModelPrices:
     """One model's rates in one version. Token prices are per 1,000,000 tokens; a price that
@@ -44,6 +50,7 @@ class ModelPrices:
     output: Decimal | None = None
     cached_input: Decimal | None = None
     image: Decimal | None = None  # per input image
+    image_tokens: int | None = None  # prompt tokens an input image may cost, for holds
     embedding: Decimal | None = None
     image_generation: ImageGenerationPrices | None = None
     transcription_per_minute: Decimal | None = None

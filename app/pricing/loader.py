@@ -50,7 +50,7 @@ _PRICE_KEYS = (
     "transcription_per_minute",
     "speech_per_million_characters",
 )
-_MODEL_KEYS = ("owned_by", "context_length", *_PRICE_KEYS)
+_MODEL_KEYS = ("owned_by", "context_length", "image_tokens", *_PRICE_KEYS)
 _IMAGE_GENERATION_KEYS = ("default_size", "default_quality", "prices")
 
 
@@ -160,6 +160,7 @@ def _model(name: str, raw: object, key: str) -> ModelPrices:
         output=price("output"),
         cached_input=price("cached_input"),
         image=price("image"),
+        image_tokens=_positive_int(spec.get("image_tokens"), f"{key}.image_tokens"),
         embedding=price("embedding"),
         image_generation=_image_generation(spec.get("image_generation"), key),
         transcription_per_minute=_per_minute(spec.get("transcription_per_minute"), key),
@@ -168,7 +169,7 @@ def _model(name: str, raw: object, key: str) -> ModelPrices:
     if (prices.input is None) != (prices.output is None):
         missing = "output" if prices.output is None else "input"
         raise _Problem(f"{key}.{missing}", "missing; input and output are priced together")
-    for chat_only in ("cached_input", "image"):
+    for chat_only in ("cached_input", "image", "image_tokens"):
         if spec.get(chat_only) is not None and not prices.is_chat:
             raise _Problem(f"{key}.{chat_only}", "needs the model's input and output prices")
     if not any(spec.get(field) is not None for field in _PRICE_KEYS):
