@@ -105,7 +105,7 @@ def _reported_seconds(reported: dict[str, Any] | None, document: dict[str, Any])
     return None
 
 
-def _delivered_tokens(document: dict[str, Any]) -> int:
+def delivered_tokens(document: dict[str, Any]) -> int:
     """The gateway's count of a JSON reply's output: every choice's text, reasoning, refusal
     and tool or function calls."""
     tally = tokens.TextTally()
@@ -158,4 +158,4 @@ def usage_from_body(request: rq.ProxyRequest, resolved: ResolvedModel, body: byt
             Usage(endpoint=endpoint, audio_seconds=request.audio_seconds_charged),
             UsageSource.ESTIMATED,
         )
-    return _token_usage(request, resolved, reported, lambda: _delivered_tokens(document))
+    return _token_usage(request, resolved, reported, lambda: delivered_tokens(document))

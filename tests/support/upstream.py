@@ -16,6 +16,8 @@ The gateway forwards only a safe set of headers and refuses unpriced model names
     huge:N                       a stream of N MiB of content, generated lazily, usage at the end
     long:N                       a stream of N content chunks, 0.05 s apart
     hang                         never answer (until the client gives up)
+    openai-count                 report prompt tokens as OpenAI bills them (support/openai_count)
+    tool-call:N                  a chat reply that is one tool call with N characters of arguments
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import msgspec
 
 from app.gateway import echo
+from tests.support import openai_count
 from tests.support.live import LiveServer
 
 SLOW_SECONDS = 0.2
@@ -58,6 +61,8 @@ class Behaviour:
     huge_mib: int = 0
     long: int = 0
     hang: bool = False
+    openai_count: bool = False
+    tool_call: int = 0
 
     @classmethod
     def parse(cls, spec: str) -> Behaviour:
@@ -67,7 +72,12 @@ class Behaviour:
             try:
                 match name:
                     case (
-                        "no-usage" | "usage-on-last-choice-chunk" | "slow" | "break-midway" | "hang"
+                        "no-usage"
+                        | "usage-on-last-choice-chunk"
+                        | "slow"
+                        | "break-midway"
+                        | "hang"
+                        | "openai-count"
                     ):
                         values[name.replace("-", "_")] = True
                     case "usage":
@@ -77,6 +87,8 @@ class Behaviour:
                         values["first_byte_delay"] = float(arg)
                     case "huge" | "long":
                         values["huge_mib" if name == "huge" else "long"] = int(arg)
+                    case "tool-call":
+                        values["tool_call"] = int(arg)
                     case _ if name.startswith("error-"):
                         values["error"] = int(name.removeprefix("error-"))
                     case _:
@@ -162,6 +174,64 @@ def _fixed_usage(reply: echo.Reply, prompt: int, completion: int) -> echo.Reply:
     if reply.events is not None:
         return replace(reply, events=map(fix, reply.events))
     return replace(reply, payload=fix(reply.payload))
+
+
+def _openai_counted(reply: echo.Reply, prompt: int) -> echo.Reply:
+    """`reply` with its usage's prompt tokens as OpenAI would bill the request."""
+
+    def fix(document: Any) -> Any:
+        usage = document.get("usage") if isinstance(document, dict) else None
+        if isinstance(usage, dict):
+            usage["prompt_tokens"] = prompt
+            usage["total_tokens"] = prompt + usage.get("completion_tokens", 0)
+        return document
+
+    if reply.events is not None:
+        return replace(reply, events=map(fix, reply.events))
+    return replace(reply, payload=fix(reply.payload))
+
+
+TOOL_NAME = "lookup_order"
+TOOL_PIECE = 97  # characters of arguments per stream chunk
+
+
+def tool_call_arguments(length: int) -> str:
+    """Deterministic tool-call arguments of `length` characters, word-like like real ones."""
+    words = " ".join(f"order-{i} shipped to warehouse {i % 17}" for i in range(length // 8 + 1))
+    text = '{"note": "' + words
+    return text[:length]
+
+
+def _tool_call_reply(body: dict[str, Any], length: int, wants_usage: bool) -> echo.Reply:
+    arguments = tool_call_arguments(length)
+    head = {"id": "chatcmpl-tool", "created": 1, "model": body.get("model")}
+    completion = openai_count.tokens(arguments) + openai_count.tokens(TOOL_NAME)
+    usage = {"prompt_tokens": 10, "completion_tokens": completion, "total_tokens": 10 + completion}
+    if body.get("stream") is not True:
+        call = {"id": "call_1", "type": "function"}
+        call["function"] = {"name": TOOL_NAME, "arguments": arguments}
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+        document = {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+        return echo.Reply(payload=document)
+
+    def events() -> Any:
+        chunk = {**head, "object": "chat.completion.chunk"}
+
+        def delta(value: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {**chunk, "choices": [{"index": 0, "delta": value, "finish_reason": finish}]}
+
+        start = {"index": 0, "id": "call_1", "type": "function"}
+        start["function"] = {"name": TOOL_NAME, "arguments": ""}
+        yield delta({"role": "assistant", "content": None, "tool_calls": [start]})
+        for at in range(0, len(arguments), TOOL_PIECE):
+            piece = {"index": 0, "function": {"arguments": arguments[at : at + TOOL_PIECE]}}
+            yield delta({"tool_calls": [piece]})
+        yield delta({}, "tool_calls")
+        if wants_usage:
+            yield {**chunk, "choices": [], "usage": usage}
+
+    return echo.Reply(events=events(), id=head["id"])
 
 
 def _recorded_body(request: echo.EchoRequest) -> Any:
@@ -255,10 +325,22 @@ class FakeUpstream:
         await asyncio.sleep(behaviour.first_byte_delay)
         if behaviour.error:
             reply = error_reply(behaviour.error)
+        elif behaviour.tool_call:
+            body = request.json
+            options = body.get("stream_options")
+            wants_usage = not behaviour.no_usage and (
+                body.get("stream") is not True
+                or (isinstance(options, dict) and options.get("include_usage") is True)
+            )
+            reply = _tool_call_reply(body, behaviour.tool_call, wants_usage)
+            if not wants_usage and reply.payload is not None:
+                reply.payload.pop("usage")
         else:
             reply = echo.respond(request, behaviour.options)
         if behaviour.usage:
             reply = _fixed_usage(reply, *behaviour.usage)
+        if behaviour.openai_count:
+            reply = _openai_counted(reply, openai_count.prompt_tokens(request.json))
         complete = not behaviour.break_midway
         if reply.events is None:
             await asyncio.sleep(SLOW_SECONDS if behaviour.slow else 0)
