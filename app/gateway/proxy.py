@@ -156,7 +156,7 @@ class Gateway:
         principal = await self.authenticator.authenticate(request.headers.get("authorization"))
         raw = await _read_body(request)
         if endpoint == rq.TRANSCRIPTIONS:
-            proxy_request = await _inspect_multipart(request, len(raw))
+            proxy_request = await _inspect_multipart(request)
         elif len(raw) <= INSPECT_INLINE_BYTES:
             proxy_request = _inspect_json(endpoint, raw, self.settings.default_max_tokens)
         else:
@@ -389,7 +389,7 @@ def _inspect_json(endpoint: str, raw: bytes, default_max_tokens: int) -> rq.Prox
     return rq.inspect_json(endpoint, rq.parse_json_body(raw), default_max_tokens)
 
 
-async def _inspect_multipart(request: Request[Any, Any, Any], size: int) -> rq.ProxyRequest:
+async def _inspect_multipart(request: Request[Any, Any, Any]) -> rq.ProxyRequest:
     try:
         form = await request.form()
     except Exception as exc:
@@ -402,12 +402,12 @@ async def _inspect_multipart(request: Request[Any, Any, Any], size: int) -> rq.P
         raise InvalidRequest(
             "Missing required parameter: 'file'.", param="file", code="missing_field"
         )
-    measured = None
-    if isinstance(upload, UploadFile):
-        data = await upload.read()
-        await upload.seek(0)
-        measured = await asyncio.to_thread(audio.duration, data)
-    return rq.inspect_transcription(fields, size, measured)
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequest("'file' must be an uploaded file.", param="file", code="invalid_type")
+    data = await upload.read()
+    await upload.seek(0)
+    measured = await asyncio.to_thread(audio.duration, data) if data else None
+    return rq.inspect_transcription(fields, len(data), measured)
 
 
 def _error_event(error: TollgateError) -> bytes:

@@ -433,3 +433,71 @@ async def test_a_client_gone_before_its_body_is_read_gets_no_500_and_holds_nothi
     assert upstream.requests == []
     after = await totals(clean_db, funded[0]["id"])
     assert after.balance == Decimal("10.00") and after.held == 0 and after.holds == 0
+
+
+def _wav_of(seconds: int, rate: int) -> bytes:
+    """`seconds` of silent 8-bit mono WAV at `rate` samples a second: `rate` bytes a second."""
+    import io
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(1)
+        out.setframerate(rate)
+        out.writeframes(b"\x80" * rate * seconds)
+    return buffer.getvalue()
+
+
+async def _transcribe(
+    raw: httpx.AsyncClient, data: bytes, name: str, response_format: str, behaviour: str = ""
+) -> httpx.Response:
+    form = {"model": "test-whisper", "response_format": response_format}
+    if behaviour:
+        form["user"] = f"behaviour:{behaviour}"
+    return await raw.post(
+        "/v1/audio/transcriptions", data=form, files={"file": (name, data, "audio/wav")}
+    )
+
+
+async def test_a_transcription_without_reported_length_is_charged_its_measured_duration(
+    raw: httpx.AsyncClient, funded: tuple[dict[str, Any], str], clean_db: AsyncEngine
+) -> None:
+    # Ten minutes at 1 kB a second: its size alone (600 kB) would say 38 s.
+    response = await _transcribe(raw, _wav_of(600, 1000), "long.wav", "text")
+    assert response.status_code == 200, response.text
+    [event] = await events(clean_db, funded[0]["id"])
+    assert event.usage_source == "estimated"
+    assert event.audio_seconds == 600
+    assert event.cost == Decimal("0.06")
+
+
+async def test_a_verbose_json_duration_is_charged_as_the_upstream_reports_it(
+    raw: httpx.AsyncClient, funded: tuple[dict[str, Any], str], clean_db: AsyncEngine
+) -> None:
+    response = await _transcribe(raw, _wav_of(3, 8000), "short.wav", "verbose_json", "no-usage")
+    assert response.status_code == 200, response.text
+    assert "usage" not in response.json()
+    [event] = await events(clean_db, funded[0]["id"])
+    assert event.usage_source == "upstream"
+    assert event.audio_seconds == response.json()["duration"]
+
+
+async def test_an_unreadable_upload_is_held_at_the_lowest_bitrate_and_charged_by_size(
+    raw: httpx.AsyncClient, admin: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    # 64 kB that no container reader knows: held as 64 s (1 kB/s), charged as 4 s (16 kB/s).
+    account, key = await new_account_with_key(admin, "Tight", credit="0.0063")
+    form = {"model": "test-whisper", "response_format": "text"}
+    files = {"file": ("clip.webm", b"\x1a" * 64_000, "audio/webm")}
+    headers = {"Authorization": f"Bearer {key}"}
+    response = await raw.post("/v1/audio/transcriptions", data=form, files=files, headers=headers)
+    assert response.status_code == 402, response.text
+    assert "0.0064 " in response.json()["error"]["message"]
+    await admin.post(
+        f"/admin/accounts/{account['id']}/credits", json={"amount": "0.0001", "kind": "grant"}
+    )
+    response = await raw.post("/v1/audio/transcriptions", data=form, files=files, headers=headers)
+    assert response.status_code == 200, response.text
+    [event] = await events(clean_db, account["id"])
+    assert (event.audio_seconds, event.usage_source) == (4, "estimated")
