@@ -14,6 +14,7 @@ import msgspec
 from app.db.base import without_nul
 from app.errors import InvalidRequest
 from app.gateway import audio, tokens
+from app.metering.schemas import MAX_USER_LENGTH
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -77,8 +78,6 @@ def _require(body: dict[str, Any], field: str, kind: type | tuple[type, ...], wh
 # token counts in 32 bits), so a hold stays far inside the ledger's range.
 MAX_N = 128
 MAX_TOKENS = 2**31 - 1
-# A `user` becomes a usage group and a spend-limit key (SPEC 3.1).
-MAX_USER_LENGTH = 256
 
 
 def _optional_int(body: dict[str, Any], field: str, *, minimum: int, maximum: int) -> int | None:

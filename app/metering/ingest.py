@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.admin.guards import require_admin
 from app.errors import InvalidRequest, ModelNotFound, TollgateError
 from app.metering import repository
-from app.metering.schemas import UsageEventRecord, UsageSource
+from app.metering.schemas import MAX_USER_LENGTH, UsageEventRecord, UsageSource
 from app.money import money_str
 from app.pricing import Catalog, Charge, Endpoint, Usage, price
 from app.pricing.rates import PICO, Rate
@@ -71,7 +71,7 @@ class IngestEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     images: Count = 0
     # None: one search for a `-online`/`-deep` model (as a proxied request), none otherwise.
     search_requests: Count | None = None
-    user: str | None = None
+    user: Annotated[str, msgspec.Meta(max_length=MAX_USER_LENGTH)] | None = None
     api_key_id: uuid.UUID | None = None
 
 

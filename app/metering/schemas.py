@@ -10,6 +10,9 @@ from enum import StrEnum
 
 import msgspec
 
+# An event's `user` becomes a usage group and a spend-limit key (SPEC 3.1).
+MAX_USER_LENGTH = 256
+
 
 class UsageSource(StrEnum):
     """Where an event's counts come from."""

@@ -70,6 +70,8 @@ async def test_a_batch_with_one_invalid_event_inserts_nothing(
         ({"id": ""}, "id"),
         ({"id": "a\x00b"}, "id"),  # Postgres text cannot hold NUL
         ({"user": "a\x00b"}, "user"),
+        ({"user": "u" * 257}, "user"),  # a usage group and a spend-limit key (SPEC 3.1)
+        ({"prompt_tokens": 2**64}, "prompt_tokens"),
     ]
     for change, field in cases:
         batch = [dict(e) for e in good]
