@@ -205,7 +205,13 @@ class StripeEvent(Base):
     """The webhook inbox: every verified Stripe event, stored before it is acted on. The
     primary key on Stripe's event id makes re-deliveries (also concurrent ones) no-ops; an
     event stays unprocessed (`processed_at` NULL) until its effects commit, so a failed one is
-    retried by the next delivery or the retry job. A global table, not keyed by account."""
+    retried by the next delivery or the retry job. A global table, not keyed by account.
+
+    A rejected event (fields missing, of the wrong type or out of range) is processed with
+    outcome `rejected` and its `rejection` reason, so it is never retried. One whose parsed body
+    jsonb cannot hold (a NUL, a lone surrogate, NaN) keeps the exact signed bytes in `body`
+    instead of `payload`; one without a usable id is stored under `invalid:<SHA-256 of body>`.
+    """
 
     __tablename__ = "stripe_events"
     __table_args__ = (
@@ -214,16 +220,20 @@ class StripeEvent(Base):
             "received_at",
             postgresql_where=text("processed_at IS NULL"),
         ),
+        CheckConstraint("payload IS NOT NULL OR body IS NOT NULL", name="kept"),
+        CheckConstraint("rejection IS NULL OR processed_at IS NOT NULL", name="rejected_is_done"),
     )
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
-    type: Mapped[str] = mapped_column(Text)
-    payload: Mapped[dict[str, object]] = mapped_column(JSONB)
+    type: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, object] | None] = mapped_column(JSONB(none_as_null=True))
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
     received_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     outcome: Mapped[str | None] = mapped_column(Text)
+    rejection: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     last_error: Mapped[str | None] = mapped_column(Text)
 

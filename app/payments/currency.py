@@ -7,7 +7,10 @@ than rounded.
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
+
+# Scaling by a power of ten is exact in this context; the default one keeps 28 digits.
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 # https://docs.stripe.com/currencies#zero-decimal and #three-decimal
 ZERO_DECIMAL = frozenset(
@@ -44,13 +47,13 @@ def exponent(currency: str) -> int:
 
 def from_minor(amount: int, currency: str) -> Decimal:
     """`2000` EUR → `Decimal("20.00")`; `2000` JPY → `Decimal("2000")`."""
-    return Decimal(amount).scaleb(-exponent(currency))
+    return Decimal(amount).scaleb(-exponent(currency), context=_EXACT)
 
 
 def to_minor(amount: Decimal, currency: str) -> int:
     """`Decimal("20.00")` EUR → `2000`. ValueError when `amount` has more decimals than the
     currency's minor unit (20.001 EUR), so nothing is ever silently rounded."""
-    scaled = amount.scaleb(exponent(currency))
+    scaled = amount.scaleb(exponent(currency), context=_EXACT)
     if scaled != scaled.to_integral_value():
         raise ValueError(
             f"{amount} has more decimals than {currency.upper()} allows ({exponent(currency)})"

@@ -21,6 +21,7 @@ from app.db.models import (
     StripeEvent,
     StripePayment,
 )
+from app.payments.events import Outcome, ReceivedEvent
 
 # ── accounts ────────────────────────────────────────────────────────────────────────────────
 
@@ -39,17 +40,43 @@ async def account_contact(session: AsyncSession, account_id: uuid.UUID) -> tuple
 # ── the webhook inbox ───────────────────────────────────────────────────────────────────────
 
 
-async def insert_event(
-    session: AsyncSession, *, event_id: str, type_: str, payload: dict[str, Any]
-) -> bool:
-    """False when the event was already stored (a re-delivery, or a concurrent one)."""
+async def insert_event(session: AsyncSession, event: ReceivedEvent) -> bool:
+    """False when the event was already stored (a re-delivery, or a concurrent one). A rejected
+    event is stored as processed, with its reason: nothing ever picks it up again."""
+    values: dict[str, Any] = {
+        "id": event.id,
+        "type": event.type,
+        "payload": event.payload,
+        "body": event.body,
+    }
+    if event.rejection is not None:
+        values |= {
+            "processed_at": func.now(),
+            "outcome": Outcome.REJECTED,
+            "rejection": event.rejection[:2000],
+        }
     inserted = await session.scalar(
         insert(StripeEvent)
-        .values(id=event_id, type=type_, payload=payload)
+        .values(**values)
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(StripeEvent.id)
     )
     return inserted is not None
+
+
+async def reject_event(session: AsyncSession, event_id: str, reason: str) -> None:
+    """Done with, as rejected: its fields cannot be acted on, so retrying cannot help."""
+    await session.execute(
+        update(StripeEvent)
+        .where(StripeEvent.id == event_id)
+        .values(
+            processed_at=func.now(),
+            outcome=Outcome.REJECTED,
+            rejection=reason[:2000],
+            attempts=StripeEvent.attempts + 1,
+            last_error=None,
+        )
+    )
 
 
 async def lock_unprocessed_event(session: AsyncSession, event_id: str) -> StripeEvent | None:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.accounts import service as accounts
 from app.accounts.auth import Principal
 from app.errors import ServiceUnavailable
-from app.payments import checkout, inbox, repository, service
+from app.payments import checkout, events, inbox, repository, service
 from app.payments.runtime import auto_recharger, billing, require_stripe
 from app.payments.schemas import AutoRechargeRequest, CheckoutRequest, auto_recharge_view
 
@@ -49,13 +49,14 @@ async def stripe_webhook(request: Request[Any, Any, Any], state: State) -> dict[
             code="payments_not_configured",
         )
     # The signature covers the exact bytes Stripe sent: verify them before any parsing.
-    event = service.verify_event(
-        await request.body(),
+    body = await request.body()
+    service.verify_signature(
+        body,
         request.headers.get("stripe-signature"),
         config.stripe_webhook_secret,
         config.webhook_tolerance_seconds,
     )
-    receipt = await inbox.receive_event(state.sessionmaker, event, config)
+    receipt = await inbox.receive_event(state.sessionmaker, events.read_event(body), config)
     return {
         "received": True,
         "id": receipt.event_id,

@@ -13,11 +13,10 @@ once, whichever event, re-delivery or code path reports it:
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -31,6 +30,7 @@ from app.money import money_str, parse_money
 from app.payments import repository
 from app.payments.config import BillingConfig
 from app.payments.currency import from_minor, to_minor
+from app.payments.events import Fields, MalformedStripeData, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -82,78 +82,92 @@ async def checkout_credited(
 # ── webhook verification ────────────────────────────────────────────────────────────────────
 
 
-def verify_event(
-    payload: bytes, signature: str | None, secret: str, tolerance: int
-) -> dict[str, Any]:
-    """The event, if `Stripe-Signature` is a valid signature of exactly these bytes by
-    `secret`, made at most `tolerance` seconds ago; else a 400."""
+def verify_signature(payload: bytes, signature: str | None, secret: str, tolerance: int) -> None:
+    """Nothing if `Stripe-Signature` is a valid signature of exactly these bytes by `secret`,
+    made at most `tolerance` seconds from now, in either direction; else a 400. (The SDK only
+    refuses old timestamps: a header signed for the future would stay replayable for as long.)
+    """
     try:
         stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance)
     except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
         # The SDK decodes the body before checking: bytes Stripe never sends fail there.
         reason = exc.user_message if isinstance(exc, stripe.SignatureVerificationError) else None
-        raise InvalidRequest(
-            f"Invalid Stripe signature: {reason or exc}",
-            param="Stripe-Signature",
-            code="invalid_signature",
-        ) from exc
-    try:
-        event = json.loads(payload)
-    except ValueError as exc:
-        raise InvalidRequest("The event body is not JSON.", code="invalid_json") from exc
-    if (
-        not isinstance(event, dict)
-        or not isinstance(event.get("id"), str)
-        or not isinstance(event.get("type"), str)
-        or not isinstance((event.get("data") or {}).get("object"), dict)
-    ):
-        raise InvalidRequest("The event lacks an id, a type or data.object.", code="invalid_event")
-    return event
+        raise _invalid_signature(reason or str(exc)) from exc
+    signed_at = _signed_at(signature or "")
+    if tolerance and signed_at > time.time() + tolerance:
+        raise _invalid_signature(f"Timestamp outside the tolerance zone ({signed_at})")
+
+
+def _signed_at(header: str) -> int:
+    """The header's `t`, read as the SDK reads it (which has accepted it by now)."""
+    for item in header.split(","):
+        key, _, value = item.partition("=")
+        if key == "t":
+            return int(value)
+    raise ValueError("no timestamp in Stripe-Signature")  # the SDK refuses this first
+
+
+def _invalid_signature(reason: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid Stripe signature: {reason}", param="Stripe-Signature", code="invalid_signature"
+    )
 
 
 # ── acting on events ────────────────────────────────────────────────────────────────────────
 
 
-async def apply_event(session: AsyncSession, event: dict[str, Any], config: BillingConfig) -> str:
-    """Apply one verified event; returns its outcome (stored in the inbox)."""
-    kind: str = event["type"]
-    obj: dict[str, Any] = event["data"]["object"]
+async def apply_event(
+    session: AsyncSession, event: dict[str, Any], config: BillingConfig
+) -> Outcome:
+    """Apply one stored event; returns its outcome (stored in the inbox). Raises
+    `MalformedStripeData` before writing anything when a field it needs is missing, of the
+    wrong type or out of range."""
+    kind = event.get("type")
+    obj = (event.get("data") or {}).get("object")
+    if not isinstance(kind, str) or not isinstance(obj, dict):  # checked on receipt
+        raise MalformedStripeData("the event lacks a type or data.object")
+    fields = Fields(obj, "data.object")
     if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
-        return await credit_checkout_session(session, obj, event_id=event["id"])
+        return await credit_checkout_session(session, fields, event_id=str(event["id"]))
     if kind == "checkout.session.async_payment_failed":
-        return "payment_failed"
+        return Outcome.PAYMENT_FAILED
     if kind == "charge.refunded":
-        return await reverse_refunds(session, obj)
+        return await reverse_refunds(session, fields)
     if kind == "charge.dispute.created":
-        return await reverse_dispute(session, obj)
+        return await reverse_dispute(session, fields)
     if kind == "payment_intent.succeeded":
-        return await payment_intent_succeeded(session, obj)
+        return await payment_intent_succeeded(session, fields)
     if kind == "payment_intent.payment_failed":
-        return await payment_intent_failed(session, obj, config)
-    return "ignored"
+        return await payment_intent_failed(session, fields, config)
+    return Outcome.IGNORED
 
 
 async def credit_checkout_session(
-    session: AsyncSession, checkout: dict[str, Any], *, event_id: str | None = None
-) -> str:
+    session: AsyncSession, checkout: Fields, *, event_id: str | None = None
+) -> Outcome:
     """One `purchase` of `amount_total` for a paid Checkout Session, once per session."""
-    if checkout.get("mode", "payment") != "payment":
-        return "ignored_mode"
-    if checkout.get("payment_status") != "paid":
-        return "not_paid"
-    session_id = str(checkout["id"])
-    account_id = _account_of(checkout.get("client_reference_id"), checkout.get("metadata"))
+    if (checkout.optional_text("mode") or "payment") != "payment":
+        return Outcome.IGNORED_MODE
+    if checkout.text("payment_status") != "paid":
+        return Outcome.NOT_PAID
+    session_id = checkout.text("id")
+    amount_minor = checkout.minor_amount("amount_total")
+    currency = checkout.currency()
+    payment_intent_id = checkout.stripe_id("payment_intent")
+    customer_id = checkout.stripe_id("customer")
+    account_id = _account_of(
+        checkout.optional_text("client_reference_id"), checkout.mapping("metadata")
+    )
     if account_id is None:
         logger.warning("Checkout Session %s names no Tollgate account", session_id)
-        return "unknown_account"
+        return Outcome.UNKNOWN_ACCOUNT
     amount = await _amount_in_account_currency(
-        session, account_id, checkout.get("amount_total"), checkout.get("currency"), session_id
+        session, account_id, amount_minor, currency, session_id
     )
-    if isinstance(amount, str):
+    if isinstance(amount, Outcome):
         return amount
     if amount <= 0:
-        return "nothing_paid"
-    payment_intent_id = _stripe_id(checkout.get("payment_intent"))
+        return Outcome.NOTHING_PAID
     entry = await ledger.append_entry(
         session,
         account_id=account_id,
@@ -164,12 +178,11 @@ async def credit_checkout_session(
         details={
             "checkout_session": session_id,
             "payment_intent": payment_intent_id,
-            "amount_minor": checkout.get("amount_total"),
-            "currency": str(checkout.get("currency")).upper(),
+            "amount_minor": amount_minor,
+            "currency": currency,
             "event": event_id,
         },
     )
-    customer_id = _stripe_id(checkout.get("customer"))
     if customer_id is not None:
         await repository.remember_customer(session, account_id=account_id, customer_id=customer_id)
     if payment_intent_id is not None:
@@ -179,51 +192,49 @@ async def credit_checkout_session(
             payment_intent_id=payment_intent_id,
             source="checkout",
             checkout_session_id=session_id,
-            currency=str(checkout["currency"]).upper(),
-            amount_minor=int(checkout["amount_total"]),
+            currency=currency,
+            amount_minor=amount_minor,
         )
-    return "credited" if entry is not None else "already_credited"
+    return Outcome.CREDITED if entry is not None else Outcome.ALREADY_CREDITED
 
 
-# A refund or dispute of a payment not credited (yet): the inbox retries it for a while.
-UNKNOWN_PAYMENT = "unknown_payment"
-
-
-async def reverse_refunds(session: AsyncSession, charge: dict[str, Any]) -> str:
+async def reverse_refunds(session: AsyncSession, charge: Fields) -> Outcome:
     """A `refund` entry for what was refunded on the charge since the last one we applied.
 
     `charge.refunded` carries the charge's cumulative `amount_refunded`, not the refund list
     (not expanded in webhooks since API 2022-11-15), so each step of that total is its own
     ledger reference; the payment's row lock orders concurrent deliveries, and older or
     repeated totals reverse nothing."""
-    payment_intent_id = _stripe_id(charge.get("payment_intent"))
+    charge_id = charge.text("id")
+    payment_intent_id = charge.stripe_id("payment_intent")
+    currency = charge.currency()
+    refunded = charge.minor_amount("amount_refunded")
+    refund_ids = charge.ids_in_list("refunds")
     payment = (
         await repository.lock_payment(session, payment_intent_id) if payment_intent_id else None
     )
     if payment is None:
-        logger.warning("refund on charge %s of a payment Tollgate did not credit", charge.get("id"))
-        return UNKNOWN_PAYMENT
-    if str(charge.get("currency", "")).upper() != payment.currency:
-        logger.error("refund on charge %s in another currency", charge.get("id"))
-        return "currency_mismatch"
-    refunded = _minor(charge.get("amount_refunded"))
+        logger.warning("refund on charge %s of a payment Tollgate did not credit", charge_id)
+        return Outcome.UNKNOWN_PAYMENT
+    if currency != payment.currency:
+        logger.error("refund on charge %s in another currency", charge_id)
+        return Outcome.CURRENCY_MISMATCH
     if refunded <= payment.refunded_minor:
-        return "already_reversed"
+        return Outcome.ALREADY_REVERSED
     refunded = min(refunded, payment.amount_minor)
     amount = from_minor(refunded - payment.refunded_minor, payment.currency)
-    refunds = (charge.get("refunds") or {}).get("data") or []
     await ledger.append_entry(
         session,
         account_id=payment.account_id,
         kind="refund",
         amount=-amount,
-        reference=f"stripe:refund:{charge['id']}:{refunded}",
+        reference=f"stripe:refund:{charge_id}:{refunded}",
         description="Stripe refund",
         details={
-            "charge": charge["id"],
+            "charge": charge_id,
             "payment_intent": payment_intent_id,
             "amount_refunded_minor": refunded,
-            "refunds": [r.get("id") for r in refunds if isinstance(r, dict)],
+            "refunds": refund_ids,
         },
     )
     await repository.set_refunded(
@@ -232,89 +243,101 @@ async def reverse_refunds(session: AsyncSession, charge: dict[str, Any]) -> str:
         payment_intent_id=payment.payment_intent_id,
         refunded_minor=refunded,
     )
-    return "reversed"
+    return Outcome.REVERSED
 
 
-async def reverse_dispute(session: AsyncSession, dispute: dict[str, Any]) -> str:
+async def reverse_dispute(session: AsyncSession, dispute: Fields) -> Outcome:
     """A `refund` entry for the disputed amount, once per dispute: the money is withdrawn
     from the balance when the dispute opens."""
-    payment_intent_id = _stripe_id(dispute.get("payment_intent"))
+    dispute_id = dispute.text("id")
+    payment_intent_id = dispute.stripe_id("payment_intent")
+    currency = dispute.currency()
+    # A dispute is of a positive amount: a negative one used to be read as 0 and written as a
+    # 0.00 refund.
+    disputed = dispute.minor_amount("amount", positive=True)
+    charge_id = dispute.stripe_id("charge")
+    reason = dispute.optional_text("reason")
     payment = (
         await repository.lock_payment(session, payment_intent_id) if payment_intent_id else None
     )
     if payment is None:
-        logger.warning("dispute %s on a payment Tollgate did not credit", dispute.get("id"))
-        return UNKNOWN_PAYMENT
-    if str(dispute.get("currency", "")).upper() != payment.currency:
-        logger.error("dispute %s in another currency", dispute.get("id"))
-        return "currency_mismatch"
-    amount = from_minor(min(_minor(dispute.get("amount")), payment.amount_minor), payment.currency)
+        logger.warning("dispute %s on a payment Tollgate did not credit", dispute_id)
+        return Outcome.UNKNOWN_PAYMENT
+    if currency != payment.currency:
+        logger.error("dispute %s in another currency", dispute_id)
+        return Outcome.CURRENCY_MISMATCH
+    amount = from_minor(min(disputed, payment.amount_minor), payment.currency)
     entry = await ledger.append_entry(
         session,
         account_id=payment.account_id,
         kind="refund",
         amount=-amount,
-        reference=f"stripe:dispute:{dispute['id']}",
+        reference=f"stripe:dispute:{dispute_id}",
         description="Stripe dispute",
         details={
-            "dispute": dispute["id"],
-            "charge": _stripe_id(dispute.get("charge")),
+            "dispute": dispute_id,
+            "charge": charge_id,
             "payment_intent": payment_intent_id,
-            "reason": dispute.get("reason"),
+            "reason": reason,
         },
     )
-    return "reversed" if entry is not None else "already_reversed"
+    return Outcome.REVERSED if entry is not None else Outcome.ALREADY_REVERSED
 
 
-async def payment_intent_succeeded(session: AsyncSession, intent: dict[str, Any]) -> str:
-    metadata = intent.get("metadata") or {}
-    purpose = metadata.get("purpose")
+async def payment_intent_succeeded(session: AsyncSession, intent: Fields) -> Outcome:
+    purpose = intent.mapping("metadata").get("purpose")
     if purpose == "auto_recharge":
         return await credit_recharge_intent(session, intent)
     if purpose == "topup":
         # Checkout's own PaymentIntent: the purchase is credited by the session's event; this
         # one tells which card was saved for off-session use.
         return await save_topup_card(session, intent)
-    return "ignored"
+    return Outcome.IGNORED
 
 
-async def save_topup_card(session: AsyncSession, intent: dict[str, Any]) -> str:
-    account_id = _account_of(None, intent.get("metadata"))
-    payment_method_id = _stripe_id(intent.get("payment_method"))
-    customer_id = _stripe_id(intent.get("customer"))
+async def save_topup_card(session: AsyncSession, intent: Fields) -> Outcome:
+    account_id = _account_of(None, intent.mapping("metadata"))
+    payment_method_id = intent.stripe_id("payment_method")
+    customer_id = intent.stripe_id("customer")
+    future_usage = intent.optional_text("setup_future_usage")
     if (
         account_id is None
         or payment_method_id is None
         or customer_id is None
-        or intent.get("setup_future_usage") != "off_session"
+        or future_usage != "off_session"
     ):
-        return "no_card_saved"
+        return Outcome.NO_CARD_SAVED
     saved = await repository.save_payment_method(
         session,
         account_id=account_id,
         customer_id=customer_id,
         payment_method_id=payment_method_id,
-        saved_at=datetime.fromtimestamp(int(intent.get("created") or 0), UTC),
+        saved_at=intent.timestamp("created"),
     )
-    return "card_saved" if saved else "card_not_newer"
+    return Outcome.CARD_SAVED if saved else Outcome.CARD_NOT_NEWER
 
 
-async def credit_recharge_intent(session: AsyncSession, intent: dict[str, Any]) -> str:
+async def credit_recharge_intent(session: AsyncSession, intent: Fields) -> Outcome:
     """Credit a succeeded auto-recharge PaymentIntent, once per PaymentIntent; used by the
     webhook and by the recharger when Stripe answers `succeeded` at once."""
-    if intent.get("status") != "succeeded":
-        return "not_succeeded"
-    metadata = intent.get("metadata") or {}
+    if intent.text("status") != "succeeded":
+        return Outcome.NOT_SUCCEEDED
+    metadata = intent.mapping("metadata")
+    payment_intent_id = intent.text("id")
+    received = intent.optional_minor_amount("amount_received")
+    if received is None:
+        received = intent.minor_amount("amount")
+    currency = intent.currency()
     account_id = _account_of(None, metadata)
     if account_id is None:
-        return "unknown_account"
-    payment_intent_id = str(intent["id"])
-    received = intent.get("amount_received") or intent.get("amount")
+        return Outcome.UNKNOWN_ACCOUNT
     amount = await _amount_in_account_currency(
-        session, account_id, received, intent.get("currency"), payment_intent_id
+        session, account_id, received, currency, payment_intent_id
     )
-    if isinstance(amount, str):
+    if isinstance(amount, Outcome):
         return amount
+    if amount <= 0:
+        return Outcome.NOTHING_PAID
     entry = await ledger.append_entry(
         session,
         account_id=account_id,
@@ -325,7 +348,7 @@ async def credit_recharge_intent(session: AsyncSession, intent: dict[str, Any]) 
         details={
             "payment_intent": payment_intent_id,
             "amount_minor": received,
-            "currency": str(intent.get("currency")).upper(),
+            "currency": currency,
         },
     )
     await repository.insert_payment(
@@ -334,8 +357,8 @@ async def credit_recharge_intent(session: AsyncSession, intent: dict[str, Any]) 
         payment_intent_id=payment_intent_id,
         source="auto_recharge",
         checkout_session_id=None,
-        currency=str(intent["currency"]).upper(),
-        amount_minor=_minor(received),
+        currency=currency,
+        amount_minor=received,
     )
     if await repository.finish_attempt(
         session,
@@ -345,25 +368,27 @@ async def credit_recharge_intent(session: AsyncSession, intent: dict[str, Any]) 
         status="succeeded",
     ):
         await repository.reset_recharge_failures(session, account_id)
-    return "credited" if entry is not None else "already_credited"
+    return Outcome.CREDITED if entry is not None else Outcome.ALREADY_CREDITED
 
 
 async def payment_intent_failed(
-    session: AsyncSession, intent: dict[str, Any], config: BillingConfig
-) -> str:
-    metadata = intent.get("metadata") or {}
+    session: AsyncSession, intent: Fields, config: BillingConfig
+) -> Outcome:
+    metadata = intent.mapping("metadata")
     if metadata.get("purpose") != "auto_recharge":
-        return "ignored"
+        return Outcome.IGNORED
+    payment_intent_id = intent.text("id")
+    error = intent.nested("last_payment_error")
+    reason = error.optional_text("message") or error.optional_text("code") or "payment failed"
     account_id = _account_of(None, metadata)
     if account_id is None:
-        return "unknown_account"
-    error = intent.get("last_payment_error") or {}
+        return Outcome.UNKNOWN_ACCOUNT
     return await fail_recharge(
         session,
         account_id=account_id,
         attempt_id=_uuid(metadata.get("attempt_id")),
-        payment_intent_id=str(intent["id"]),
-        reason=str(error.get("message") or error.get("code") or "payment failed"),
+        payment_intent_id=payment_intent_id,
+        reason=reason,
         config=config,
     )
 
@@ -376,7 +401,7 @@ async def fail_recharge(
     payment_intent_id: str | None,
     reason: str,
     config: BillingConfig,
-) -> str:
+) -> Outcome:
     """Mark the attempt failed and back off, once per attempt (the synchronous decline and
     the `payment_intent.payment_failed` event report the same failure)."""
     if not await repository.finish_attempt(
@@ -387,11 +412,11 @@ async def fail_recharge(
         status="failed",
         error=reason,
     ):
-        return "already_finished"
+        return Outcome.ALREADY_FINISHED
     await repository.back_off_recharge(
         session, account_id, base=config.recharge_backoff, ceiling=config.recharge_backoff_max
     )
-    return "recharge_failed"
+    return Outcome.RECHARGE_FAILED
 
 
 # ── auto-recharge decisions ─────────────────────────────────────────────────────────────────
@@ -513,26 +538,27 @@ async def apply_recharge_intent(
     attempt_id: uuid.UUID,
     intent: dict[str, Any],
     config: BillingConfig,
-) -> str:
+) -> Outcome:
     """What Stripe's answer to the off-session charge means for the attempt."""
-    status = intent.get("status")
-    payment_intent_id = str(intent["id"])
+    fields = Fields(intent, "payment_intent")
+    status = fields.text("status")
+    payment_intent_id = fields.text("id")
     await repository.set_attempt_intent(
         session, account_id=plan_account, attempt_id=attempt_id, payment_intent_id=payment_intent_id
     )
     if status == "succeeded":
-        return await credit_recharge_intent(session, intent)
+        return await credit_recharge_intent(session, fields)
     if status in ("requires_payment_method", "requires_action", "canceled"):
-        error = intent.get("last_payment_error") or {}
+        error = fields.nested("last_payment_error")
         return await fail_recharge(
             session,
             account_id=plan_account,
             attempt_id=attempt_id,
             payment_intent_id=payment_intent_id,
-            reason=str(error.get("message") or f"payment intent {status}"),
+            reason=error.optional_text("message") or f"payment intent {status}",
             config=config,
         )
-    return "pending"  # processing: the webhook reports the outcome
+    return Outcome.PENDING  # processing: the webhook reports the outcome
 
 
 # ── small parsers ───────────────────────────────────────────────────────────────────────────
@@ -555,34 +581,22 @@ def _account_of(reference: object, metadata: object) -> uuid.UUID | None:
     return from_reference or from_metadata
 
 
-def _stripe_id(value: object) -> str | None:
-    """An id field that may be a bare id or an expanded object."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    return value if isinstance(value, str) and value else None
-
-
-def _minor(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return 0
-    return value
-
-
 async def _amount_in_account_currency(
     session: AsyncSession,
     account_id: uuid.UUID,
-    amount_minor: object,
-    currency: object,
+    amount_minor: int,
+    currency: str,
     source: str,
-) -> Decimal | str:
+) -> Decimal | Outcome:
     """The amount as an exact Decimal if it is in the account's currency (the ledger has one
     currency and Tollgate never converts); else the outcome to record."""
     account_currency = await repository.account_currency(session, account_id)
-    code = str(currency or "").upper()
     if account_currency is None:
         logger.warning("%s names account %s, which does not exist", source, account_id)
-        return "unknown_account"
-    if code != account_currency:
-        logger.error("%s is in %s, account %s is in %s", source, code, account_id, account_currency)
-        return "currency_mismatch"
-    return from_minor(_minor(amount_minor), code)
+        return Outcome.UNKNOWN_ACCOUNT
+    if currency != account_currency:
+        logger.error(
+            "%s is in %s, account %s is in %s", source, currency, account_id, account_currency
+        )
+        return Outcome.CURRENCY_MISMATCH
+    return from_minor(amount_minor, currency)

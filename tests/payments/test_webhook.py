@@ -285,7 +285,23 @@ async def test_unknown_types_and_foreign_payments_are_acknowledged_and_ignored(
     assert await ledger(clean_db, account["id"]) == []
 
 
-async def test_malformed_event_is_400(billing: LiveServer) -> None:
+async def test_a_signed_event_without_data_is_acknowledged_as_rejected(
+    billing: LiveServer, clean_db: AsyncEngine
+) -> None:
+    """SPEC 4: stored as rejected and answered 2xx, so Stripe stops re-sending it (more cases
+    in test_webhook_rejections)."""
     signed = await deliver(billing, {"id": "evt_1", "type": "checkout.session.completed"})
-    assert signed.status_code == 400
-    assert signed.json()["error"]["code"] == "invalid_event"
+    assert signed.status_code == 200
+    assert signed.json() == {
+        "received": True,
+        "id": "evt_1",
+        "duplicate": False,
+        "outcome": "rejected",
+    }
+    async with clean_db.connect() as connection:
+        row = (
+            await connection.execute(
+                text("SELECT outcome, rejection FROM stripe_events WHERE id = 'evt_1'")
+            )
+        ).one()
+    assert (row.outcome, row.rejection) == ("rejected", "data is missing")
