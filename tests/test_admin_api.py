@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from click.testing import CliRunner
 
+from app import cli
 from tests.conftest import new_account_with_key
 
 
@@ -162,3 +164,55 @@ async def test_a_nul_in_stored_text_is_400_not_a_database_error(admin: httpx.Asy
     account, _ = await new_account_with_key(admin)
     response = await admin.post(f"/admin/accounts/{account['id']}/keys", json={"name": "k\x00"})
     assert response.status_code == 400 and response.json()["error"]["param"] == "name"
+
+
+# Not plain decimals within the ledger's numeric(38, 12), exactly (tests/test_money.py has more).
+OUT_OF_BOUNDS: list[object] = [
+    "1e30",
+    "1E+2",
+    "1e-20",
+    "1e999999999999999999",
+    "Infinity",
+    "-Infinity",
+    "sNaN",
+    "1_000",
+    "١٢",
+    "1" + "0" * 26,
+    "0.0000000000001",
+    10**30,
+]
+
+
+async def test_credits_beyond_the_ledger_or_not_plain_decimals_are_400(
+    admin: httpx.AsyncClient,
+) -> None:
+    account, _ = await new_account_with_key(admin)
+    url = f"/admin/accounts/{account['id']}/credits"
+    for amount in OUT_OF_BOUNDS:
+        for kind in ("purchase", "grant"):
+            response = await admin.post(url, json={"amount": amount, "kind": kind})
+            assert response.status_code == 400, (amount, response.text)
+            error = response.json()["error"]
+            assert (error["type"], error["param"]) == ("invalid_request_error", "amount"), error
+    largest = "9" * 26 + "." + "9" * 12
+    assert (await admin.post(url, json={"amount": largest, "kind": "grant"})).status_code == 201
+    fetched = (await admin.get(f"/admin/accounts/{account['id']}")).json()
+    assert fetched["balance"] == largest
+
+
+async def test_cli_credits_add_refuses_what_the_api_refuses(
+    admin: httpx.AsyncClient, database_url: str
+) -> None:
+    account, _ = await new_account_with_key(admin)
+    runner = CliRunner()
+    env = {"DATABASE_URL": database_url}
+    for amount in OUT_OF_BOUNDS:
+        args = ["credits", "add", account["id"], str(amount)]
+        result = await asyncio.to_thread(runner.invoke, cli.main, args, env=env)
+        assert result.exit_code == 2, (amount, result.output)  # click's bad-parameter exit
+        assert "AMOUNT" in result.output, result.output
+    args = ["credits", "add", account["id"], "0.003", "--json"]
+    result = await asyncio.to_thread(runner.invoke, cli.main, args, env=env)
+    assert result.exit_code == 0, result.output
+    fetched = (await admin.get(f"/admin/accounts/{account['id']}")).json()
+    assert fetched["balance"] == "0.003"
