@@ -45,11 +45,12 @@ from app.gateway.relay import DONE_EVENT, SseInspector
 from app.gateway.upstreams import Router
 from app.gateway.usage import MeteredUsage, estimate_usage, usage_from_body, usage_from_stream
 from app.limits.service import RateLimiter
-from app.metering.schemas import Settlement, UsageEventRecord
+from app.metering.schemas import RequestOutcome, Settlement, UsageEventRecord
+from app.metering.service import usage_event
 from app.metering.writer import UsageWriter
 from app.middleware import request_id
 from app.money import money_str
-from app.pricing import Catalog, ResolvedModel, charge_to_json, price
+from app.pricing import Catalog, ResolvedModel, price
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class Gateway:
             call.reserved_tokens = tokens  # corrected to the actual usage at settlement
             upstream_response = await self._send_upstream(call, request, raw)
         except BaseException as exc:
-            await self._settle(call, None, "not_forwarded")
+            await self._settle(call, None, RequestOutcome.NOT_FORWARDED)
             if isinstance(exc, TollgateError):  # e.g. 502/504: the limit headers still apply
                 exc.headers = {**call.limit_headers, **exc.headers}
             raise
@@ -200,7 +201,7 @@ class Gateway:
             return await self._respond(call, upstream_response)
         except BaseException:
             if not call.settled:
-                await self._settle(call, None, "gateway_error")
+                await self._settle(call, None, RequestOutcome.GATEWAY_ERROR)
             raise
 
     async def _send_upstream(
@@ -260,11 +261,11 @@ class Gateway:
             body = await response.read()
         except TimeoutError as exc:
             response.close()
-            await self._settle(call, None, "upstream_timeout")
+            await self._settle(call, None, RequestOutcome.UPSTREAM_TIMEOUT)
             raise UpstreamTimeout("The upstream stopped answering mid-response.") from exc
         except aiohttp.ClientError as exc:
             response.close()
-            await self._settle(call, None, "upstream_broken")
+            await self._settle(call, None, RequestOutcome.UPSTREAM_BROKEN)
             raise UpstreamUnavailable("The upstream connection broke mid-response.") from exc
         except BaseException:
             response.close()
@@ -272,10 +273,10 @@ class Gateway:
         response.release()  # read to the end: the connection goes back to the pool
         if response.status >= 400:
             # Passed through as it came; nothing was produced, nothing is charged.
-            await self._settle(call, None, "upstream_error")
+            await self._settle(call, None, RequestOutcome.UPSTREAM_ERROR)
         else:
             usage = usage_from_body(call.request, call.resolved, body)
-            await self._settle(call, usage, "completed")
+            await self._settle(call, usage, RequestOutcome.COMPLETED)
         return _plain_app(response.status, call.response_headers, body)
 
     def _stream_app(self, call: Call, response: aiohttp.ClientResponse) -> ASGIApp:
@@ -283,7 +284,7 @@ class Gateway:
         status = response.status
         headers = call.response_headers
 
-        async def pump(send: Send) -> str:
+        async def pump(send: Send) -> RequestOutcome:
             try:
                 async for chunk in response.content.iter_any():
                     forwarded = inspector.feed(chunk)
@@ -295,13 +296,13 @@ class Gateway:
                 if tail:
                     await send({"type": "http.response.body", "body": tail, "more_body": True})
             except TimeoutError:
-                return "upstream_timeout"
+                return RequestOutcome.UPSTREAM_TIMEOUT
             except aiohttp.ClientError:
-                return "upstream_broken"
-            return "completed"
+                return RequestOutcome.UPSTREAM_BROKEN
+            return RequestOutcome.COMPLETED
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            outcome = "client_disconnected"
+            outcome = RequestOutcome.CLIENT_DISCONNECTED
             try:
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 relay = asyncio.create_task(pump(send))
@@ -316,7 +317,7 @@ class Gateway:
                     with contextlib.suppress(asyncio.CancelledError):
                         await relay
             finally:
-                if outcome == "completed":
+                if outcome == RequestOutcome.COMPLETED:
                     response.release()
                 else:
                     response.close()  # also cancels the upstream request when the client left
@@ -325,7 +326,7 @@ class Gateway:
                     usage_from_stream(call.request, call.resolved, inspector) if produced else None
                 )
                 await self._settle(call, usage, outcome)
-            if outcome == "client_disconnected":
+            if outcome == RequestOutcome.CLIENT_DISCONNECTED:
                 return
             if outcome in _STREAM_FAILURES:
                 # As OpenAI does mid-stream: an error event and no `[DONE]`, so SDKs raise.
@@ -338,7 +339,9 @@ class Gateway:
 
         return app
 
-    async def _settle(self, call: Call, usage: MeteredUsage | None, outcome: str) -> None:
+    async def _settle(
+        self, call: Call, usage: MeteredUsage | None, outcome: RequestOutcome
+    ) -> None:
         call.settled = True
         account_id = call.principal.account_id
         event = None if usage is None else self._event(call, usage, outcome)
@@ -351,27 +354,17 @@ class Gateway:
         used = 0 if usage is None else usage.usage.prompt_tokens + usage.usage.completion_tokens
         await self.limiter.correct(account_id, call.reserved_tokens, used)
 
-    def _event(self, call: Call, usage: MeteredUsage, outcome: str) -> UsageEventRecord:
-        charge = price(call.resolved, usage.usage)
-        return UsageEventRecord(
+    def _event(self, call: Call, usage: MeteredUsage, outcome: RequestOutcome) -> UsageEventRecord:
+        return usage_event(
             account_id=call.principal.account_id,
             time=datetime.now(UTC),
             event_key=f"gw:{uuid.uuid4().hex}",
             api_key_id=call.principal.api_key_id,
             user=call.request.user,
-            endpoint=call.request.endpoint,
-            model=call.resolved.name,
-            prompt_tokens=usage.usage.prompt_tokens,
-            cached_tokens=usage.usage.cached_tokens,
-            completion_tokens=usage.usage.completion_tokens,
-            images=usage.usage.images_in + usage.usage.images_out,
-            search_requests=1 if call.resolved.suffix else 0,
-            audio_seconds=Decimal(usage.usage.audio_seconds),
-            cost=charge.total,
-            currency=charge.currency,
-            price_version=str(charge.price_version),
-            charge=msgspec.Raw(_encode(charge_to_json(charge))),
-            usage_source=usage.source,
+            resolved=call.resolved,
+            usage=usage.usage,
+            charge=price(call.resolved, usage.usage),
+            source=usage.source,
             outcome=outcome,
         )
 
@@ -415,10 +408,12 @@ def _error_event(error: TollgateError) -> bytes:
 
 
 _STREAM_FAILURES = {
-    "upstream_broken": _error_event(
+    RequestOutcome.UPSTREAM_BROKEN: _error_event(
         UpstreamUnavailable("The upstream connection broke mid-stream.")
     ),
-    "upstream_timeout": _error_event(UpstreamTimeout("The upstream stopped answering mid-stream.")),
+    RequestOutcome.UPSTREAM_TIMEOUT: _error_event(
+        UpstreamTimeout("The upstream stopped answering mid-stream.")
+    ),
 }
 
 

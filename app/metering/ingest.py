@@ -16,8 +16,6 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import Decimal
-from functools import lru_cache
 from typing import Annotated, Any
 
 import msgspec
@@ -30,10 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.admin.guards import require_admin
 from app.errors import InvalidRequest, ModelNotFound, TollgateError
 from app.metering import repository
-from app.metering.schemas import MAX_USER_LENGTH, UsageEventRecord, UsageSource
-from app.money import money_str
-from app.pricing import Catalog, Charge, Endpoint, Usage, price
-from app.pricing.rates import PICO, Rate
+from app.metering.schemas import MAX_USER_LENGTH, RequestOutcome, UsageEventRecord, UsageSource
+from app.metering.service import usage_event
+from app.pricing import Catalog, Endpoint, Usage, price
 
 logger = logging.getLogger(__name__)
 
@@ -154,45 +151,6 @@ def decode_batch(body: bytes) -> list[IngestEvent]:
     raise InvalidEvents(problems, len(raw["events"]))
 
 
-def charge_json(charge: Charge) -> str:
-    """`charge_to_json(charge)` as JSON text, byte for byte (a test holds them equal), built
-    from per-rate fragments and integer pico amounts: ingestion prices thousands of events per
-    request and the general serialiser's Decimal formatting would dominate its time."""
-    lines = []
-    total = 0
-    for rate, quantity in charge.items:
-        amount = rate.pico_per_unit * quantity
-        total += amount
-        head, tail = _line_fragments(rate)
-        lines.append(f'{head}{quantity}{tail}{_pico_money(amount)}"}}')
-    head = _charge_head(charge.model, charge.currency, charge.price_version)
-    return f'{head}"total":"{_pico_money(total)}","lines":[{",".join(lines)}]}}'
-
-
-@lru_cache(maxsize=1024)
-def _charge_head(model: str, currency: str, version: date) -> str:
-    return (
-        f'{{"model":{_encode(model).decode()},"currency":{_encode(currency).decode()},'
-        f'"price_version":"{version.isoformat()}",'
-    )
-
-
-@lru_cache(maxsize=1024)
-def _line_fragments(rate: Rate) -> tuple[str, str]:
-    return (
-        f'{{"kind":{_encode(rate.kind).decode()},"quantity":',
-        f',"unit_price":"{money_str(rate.price)}","per":{rate.per},"amount":"',
-    )
-
-
-def _pico_money(pico: int) -> str:
-    """`money_str` of a non-negative amount in 10⁻¹²: plain, trailing zeros dropped, at least
-    two decimals."""
-    whole, fraction = divmod(pico, PICO)
-    digits = f"{fraction:012d}".rstrip("0")
-    return f"{whole}.{digits.ljust(2, '0')}"
-
-
 def price_event(event: IngestEvent, catalog: Catalog, now: datetime) -> UsageEventRecord:
     """The usage event for one ingested event, priced at the rates in force at its time.
     Raises `_Problem` when it cannot be recorded."""
@@ -236,26 +194,17 @@ def price_event(event: IngestEvent, catalog: Catalog, now: datetime) -> UsageEve
         charge = price(resolved, usage)
     except TollgateError as exc:  # not priced for this endpoint
         raise _Problem(exc.param or "model", exc.message) from None
-    return UsageEventRecord(
+    return usage_event(
         account_id=event.account_id,
         time=at,
         event_key=f"ext:{event.id}",
         api_key_id=event.api_key_id,
         user=event.user,
-        endpoint=event.endpoint,
-        model=resolved.name,
-        prompt_tokens=event.prompt_tokens,
-        cached_tokens=event.cached_tokens,
-        completion_tokens=event.completion_tokens,
-        images=event.images,
-        search_requests=searches,
-        audio_seconds=Decimal(0),
-        cost=charge.total,
-        currency=charge.currency,
-        price_version=str(charge.price_version),
-        charge=msgspec.Raw(charge_json(charge).encode()),
-        usage_source=UsageSource.INGESTED,
-        outcome="completed",
+        resolved=resolved,
+        usage=usage,
+        charge=charge,
+        source=UsageSource.INGESTED,
+        outcome=RequestOutcome.COMPLETED,
     )
 
 

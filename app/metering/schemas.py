@@ -22,6 +22,19 @@ class UsageSource(StrEnum):
     INGESTED = "ingested"  # POST /admin/events
 
 
+class RequestOutcome(StrEnum):
+    """How a metered request ended, stored on its usage event (and on none when nothing was
+    charged)."""
+
+    COMPLETED = "completed"
+    CLIENT_DISCONNECTED = "client_disconnected"  # charged for what was produced until then
+    UPSTREAM_BROKEN = "upstream_broken"  # the connection broke mid-response
+    UPSTREAM_TIMEOUT = "upstream_timeout"  # the upstream stopped answering mid-response
+    UPSTREAM_ERROR = "upstream_error"  # a 4xx/5xx passed through: nothing produced
+    NOT_FORWARDED = "not_forwarded"  # refused (rate limit) or unreachable before forwarding
+    GATEWAY_ERROR = "gateway_error"  # this gateway failed while answering
+
+
 class UsageEventRecord(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """Its fields are stored columns by name. A batch of them is encoded (by msgspec, in C) as
     one JSON array of arrays, the fields by position: Postgres parses no field names. The
@@ -45,7 +58,7 @@ class UsageEventRecord(msgspec.Struct, frozen=True, gc=False, array_like=True):
     price_version: str
     charge: msgspec.Raw  # the itemised charge, as JSON
     usage_source: UsageSource
-    outcome: str
+    outcome: RequestOutcome
 
     @property
     def month(self) -> date:

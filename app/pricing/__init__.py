@@ -17,7 +17,7 @@ from app.pricing.catalog import (
 from app.pricing.charge import Charge, ChargeLine, image_price, price
 from app.pricing.listing import catalog_as_json, render_catalog_table
 from app.pricing.loader import PricingConfigError, load_catalog
-from app.pricing.serialize import charge_to_json, format_money
+from app.pricing.serialize import charge_json, charge_to_json, format_money
 from app.pricing.usage import Endpoint, Usage
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "ResolvedModel",
     "Usage",
     "catalog_as_json",
+    "charge_json",
     "charge_to_json",
     "format_money",
     "image_price",
