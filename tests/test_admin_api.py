@@ -74,6 +74,25 @@ async def test_revoked_key_is_refused_within_a_second(
     assert response.json()["error"]["code"] == "invalid_api_key"
 
 
+async def test_a_revoked_key_is_refused_at_once_by_the_instance_that_revoked_it(
+    admin: httpx.AsyncClient, client: httpx.AsyncClient
+) -> None:
+    """The key cache (up to a second) forgets the key when its revocation commits."""
+    account, _ = await new_account_with_key(admin)
+    created = (await admin.post(f"/admin/accounts/{account['id']}/keys", json={})).json()
+    headers = {"Authorization": f"Bearer {created['key']}"}
+    for _ in range(3):  # cached now
+        assert (await client.get("/v1/account", headers=headers)).status_code == 200
+    revoked = await admin.delete(f"/admin/keys/{created['id']}")
+    assert revoked.status_code == 200 and revoked.json()["revoked"] is True
+    response = await client.get("/v1/account", headers=headers)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    # Revoking again changes nothing and the key stays refused.
+    assert (await admin.delete(f"/admin/keys/{created['id']}")).status_code == 200
+    assert (await client.get("/v1/account", headers=headers)).status_code == 401
+
+
 async def test_missing_unknown_and_malformed_keys_are_401(client: httpx.AsyncClient) -> None:
     for headers in (
         {},

@@ -2,7 +2,8 @@
 
 Lookups by key hash are cached in process for at most `key_cache_seconds` (≤ 1 s), so a
 revoked key stops working everywhere within a second while the hot path rarely touches the
-database. Only identity is cached; balance, holds and tier are always read fresh.
+database; on the instance that revoked it, at once (`forget`). Only identity is cached;
+balance, holds and tier are always read fresh.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class KeyAuthenticator:
         # Lookups in flight: when an entry expires under load, the concurrent requests of that
         # key share one query instead of each taking a database connection.
         self._lookups: dict[bytes, asyncio.Future[Principal | None]] = {}
+        # Counts `forget` calls: a lookup that started before one may have read a key just
+        # revoked, so its answer is not cached.
+        self._forgotten = 0
 
     async def authenticate(self, authorization: str | None) -> Principal:
         token = _bearer_token(authorization)
@@ -49,7 +53,7 @@ class KeyAuthenticator:
             if lookup is None:
                 lookup = asyncio.ensure_future(self._look_up(key_hash, now))
                 self._lookups[key_hash] = lookup
-                lookup.add_done_callback(lambda _: self._lookups.pop(key_hash, None))
+                lookup.add_done_callback(lambda done: self._lookup_done(key_hash, done))
             principal = await asyncio.shield(lookup)
         if principal is None:
             raise InvalidApiKey(
@@ -57,10 +61,24 @@ class KeyAuthenticator:
             )
         return principal
 
+    def forget(self, key_hash: bytes) -> None:
+        """Drop a key from the cache once its revocation has committed: the next request with
+        it on this instance reads the database. (Other instances within `ttl`.)"""
+        self._forgotten += 1
+        self._cache.pop(key_hash, None)
+        self._lookups.pop(key_hash, None)  # later requests must not join a lookup begun before
+
+    def _lookup_done(self, key_hash: bytes, lookup: asyncio.Future[Principal | None]) -> None:
+        if self._lookups.get(key_hash) is lookup:
+            del self._lookups[key_hash]
+
     async def _look_up(self, key_hash: bytes, now: float) -> Principal | None:
+        forgotten = self._forgotten
         async with self._sessionmaker() as session:
             found = await repository.find_active_key(session, key_hash)
         principal = Principal(api_key_id=found[0], account_id=found[1]) if found else None
+        if forgotten != self._forgotten:
+            return principal  # read before a revocation committed, perhaps: not cached
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[key_hash] = (now + self._ttl, principal)

@@ -47,8 +47,11 @@ async def create_key(
 
 
 @delete("/keys/{key_id:str}", status_code=200)
-async def revoke_key(key_id: FromPath[str], db: NamedDependency[AsyncSession]) -> dict[str, Any]:
+async def revoke_key(
+    key_id: FromPath[str], db: NamedDependency[AsyncSession], state: State
+) -> dict[str, Any]:
     key = await accounts.revoke_key(db, accounts.parse_id(key_id, param="key_id"))
+    await accounts.commit_revocation(db, state.authenticator, key)
     return accounts.key_view(key)
 
 

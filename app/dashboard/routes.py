@@ -546,8 +546,10 @@ async def revoke_key(
     key_id: FromPath[str],
     viewer: NamedDependency[Viewer],
     db: NamedDependency[AsyncSession],
+    state: State,
 ) -> Response[Any]:
     key = await service.revoke_key(db, viewer.account_id, key_id)
+    await accounts.commit_revocation(db, state.authenticator, key)
     if key.id == viewer.key_id:
         _end_session(request, f"You revoked {key.prefix}…, the key you signed in with.")
         return Redirect(LOGIN, status_code=303)
