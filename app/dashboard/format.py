@@ -9,24 +9,27 @@ amount in a `title` next to a rounded one.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decimal
 
 from app.money import money_str
 
 SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "JPY": "¥", "CHF": "CHF "}
 CENT = Decimal("0.01")
+# Rounds to the cent and nothing else: the default context keeps 28 digits and refuses more,
+# and a balance may have 38.
+_WIDE = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, rounding=ROUND_HALF_UP)
 
 
 def money(amount: Decimal | str, currency: str) -> str:
     value = Decimal(amount)
     sign = "-" if value < 0 else ""
-    value = abs(value)
+    value = value.copy_abs()
     if value == 0 or value >= CENT:
-        text = f"{value.quantize(CENT, rounding=ROUND_HALF_UP):,.2f}"
+        text = f"{value.quantize(CENT, context=_WIDE):,.2f}"
     else:
         # Two significant digits: 0.0064632 → 0.0065, 0.00000012 → 0.00000012.
         places = -value.adjusted() + 1
-        text = f"{value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP):f}"
+        text = f"{value.quantize(Decimal(1).scaleb(-places), context=_WIDE):f}"
     return f"{sign}{symbol(currency)}{text}"
 
 

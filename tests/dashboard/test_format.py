@@ -27,6 +27,10 @@ from app.dashboard.service import parse_month
         ("-1.5", "EUR", "-€1.50"),
         ("20.00", "USD", "$20.00"),
         ("3", "CHF", "CHF 3.00"),
+        # The most a balance holds, numeric(38, 12): past the default context's 28 digits.
+        ("9" * 26 + ".994999999999", "EUR", "€" + f"{10**26 - 1:,}" + ".99"),
+        ("-" + "9" * 26 + ".995", "EUR", "-€" + f"{10**26:,}" + ".00"),
+        ("1" + "0" * 25 + ".005", "EUR", "€" + f"{10**25:,}" + ".01"),
     ],
 )
 def test_money(amount: str, currency: str, shown: str) -> None:
