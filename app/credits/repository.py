@@ -1,28 +1,34 @@
-"""All SQL for the ledger and balances."""
+"""All SQL that writes money: ledger entries, the balances and running totals kept on the
+account beside them, and credit holds. Nothing outside `app.credits` writes these tables.
+
+Two statements run on asyncpg directly for speed (the request path's credit hold and the
+usage writer's settlement); asyncpg is used nowhere else outside `app.db.engine`.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 import asyncpg
+import msgspec
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.credits.schemas import LedgerKind
 from app.db.engine import DriverStatement
 from app.db.models import Account, LedgerEntry
-
-# How each kind moves the running totals kept on the account beside the balance.
-_PURCHASE_KINDS = frozenset({"purchase", "refund"})
+from app.metering.schemas import EVENT_COLUMNS, Settlement, UsageEventRecord
 
 
 async def append_entry(
     session: AsyncSession,
     *,
     account_id: uuid.UUID,
-    kind: str,
+    kind: LedgerKind | str,
     amount: Decimal,
     reference: str,
     description: str | None = None,
@@ -33,6 +39,7 @@ async def append_entry(
     Returns None when an entry with this reference already exists: the unique constraint on
     (account_id, reference) makes every retried credit a no-op, also under concurrency (a
     second inserter waits on the index until the first commits, then does nothing)."""
+    kind = LedgerKind(kind)
     entry_id = uuid.uuid4()
     inserted = await session.scalar(
         insert(LedgerEntry)
@@ -51,12 +58,158 @@ async def append_entry(
     if inserted is None:
         return None
     totals: dict[str, object] = {"balance": Account.balance + amount}
-    if kind in _PURCHASE_KINDS:
+    if kind.moves_total_purchased:
         totals["total_purchased"] = Account.total_purchased + amount
-    if kind == "usage":
+    if kind.moves_total_usage:
+        # The settle statement below moves it for usage in SQL, the same way.
         totals["total_usage"] = Account.total_usage - amount
     await session.execute(update(Account).where(Account.id == account_id).values(**totals))
     return await session.get(LedgerEntry, (account_id, entry_id))
+
+
+# The batch travels as ONE JSON array of events, each an array of its fields by position
+# (msgspec encodes it in C, Postgres parses it in C). Measured here on 5,000-event batches: a
+# third of the Python CPU of 20 typed parameter arrays, and ~10 % less Postgres CPU than objects
+# with field names, which Postgres parses and sorts per event. Money is a JSON string, read
+# exactly.
+_NAMES = ", ".join(f'"{name}"' for name, _ in EVENT_COLUMNS)
+_FIELDS = ", ".join(
+    f'e -> {i} AS "{name}"' if kind == "jsonb" else f'CAST(e ->> {i} AS {kind}) AS "{name}"'
+    for i, (name, kind) in enumerate(EVENT_COLUMNS)
+)
+
+# The ledger entry goes first: its unique (account_id, reference) admits each event once, so a
+# retried batch inserts only what is new, and balances move only by what was inserted. An event
+# takes the id of its ledger entry, drawn here; it also tells which copy of an event sent twice
+# in one batch was admitted (the first).
+SETTLE_SQL = text(
+    f"""
+    WITH input AS MATERIALIZED (
+        SELECT gen_random_uuid() AS id, {_FIELDS}
+        FROM jsonb_array_elements(CAST(:events AS jsonb)) AS e
+    ), ledger AS (
+        INSERT INTO ledger_entries (account_id, id, kind, amount, reference)
+        SELECT account_id, id, '{LedgerKind.USAGE}', -cost, 'usage:' || event_key FROM input
+        ON CONFLICT (account_id, reference) DO NOTHING
+        RETURNING account_id, id, amount
+    ), events AS (
+        INSERT INTO usage_events (id, {_NAMES})
+        SELECT id, {_NAMES} FROM input JOIN ledger USING (account_id, id)
+        RETURNING 1
+    ), released AS (
+        DELETE FROM holds h
+        USING unnest(CAST(:hold_accounts AS uuid[]), CAST(:hold_ids AS uuid[])) AS r(account_id, id)
+        WHERE h.account_id = r.account_id AND h.id = r.id
+        RETURNING h.account_id, h.amount
+    ), deltas AS (
+        SELECT account_id, amount AS spent, 0::numeric AS released FROM ledger
+        UNION ALL
+        SELECT account_id, 0::numeric, amount FROM released
+    ), locked AS (
+        -- Account rows are locked in id order whatever plan the UPDATE gets (a hash join
+        -- would take them in physical order), so concurrent settlements of several accounts
+        -- (the usage writers of several processes, ingestions) queue instead of deadlocking.
+        SELECT id FROM accounts WHERE id IN (SELECT account_id FROM deltas)
+        ORDER BY id FOR NO KEY UPDATE
+    ), moved AS (
+        UPDATE accounts a
+        SET balance = a.balance + d.spent,
+            total_usage = a.total_usage - d.spent,
+            held = a.held - d.released
+        FROM locked, (
+            SELECT account_id, sum(spent) AS spent, sum(released) AS released
+            FROM deltas GROUP BY account_id
+        ) d
+        WHERE a.id = locked.id AND d.account_id = locked.id
+        RETURNING a.id
+    )
+    SELECT (SELECT count(*) FROM events) AS inserted
+    """
+)
+
+
+_SETTLE = DriverStatement.of(SETTLE_SQL)
+
+_encode = msgspec.json.Encoder(decimal_format="string").encode
+
+
+def _event_order(event: UsageEventRecord) -> tuple[int, str]:
+    return event.account_id.int, event.event_key
+
+
+def _settle_params(
+    events: Iterable[UsageEventRecord], holds: Iterable[tuple[uuid.UUID, uuid.UUID]]
+) -> dict[str, object]:
+    # Ledger entries in (account, event key) order: two batches holding the same events (a
+    # retried ingestion running beside the first) wait on each other's unique keys in the same
+    # order. Keys of ints and strings compare in C, UUIDs in Python.
+    released = sorted(holds, key=lambda hold: hold[0].int)
+    return {
+        "events": _encode(sorted(events, key=_event_order)).decode(),
+        "hold_accounts": [account_id for account_id, _ in released],
+        "hold_ids": [hold_id for _, hold_id in released],
+    }
+
+
+async def settle(
+    connection: AsyncConnection | AsyncSession,
+    events: Sequence[UsageEventRecord],
+    holds: Iterable[tuple[uuid.UUID, uuid.UUID]] = (),
+) -> int:
+    """Write every event, its usage ledger entry and every hold release (account id, hold id)
+    in one statement, in the caller's transaction. Returns how many events were new."""
+    return int(await connection.scalar(SETTLE_SQL, _settle_params(events, holds)) or 0)
+
+
+def _settlement_params(batch: Sequence[Settlement]) -> dict[str, object]:
+    return _settle_params(
+        (s.event for s in batch if s.event is not None),
+        ((s.account_id, s.hold_id) for s in batch if s.hold_id is not None),
+    )
+
+
+# A settlement that retrying cannot fix (an account deleted mid-request, a value Postgres cannot
+# store), and failures a fresh connection may get past (a lost connection, a failover).
+SETTLEMENT_REFUSED = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
+SETTLEMENT_FAILED = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+class SettlementConnection:
+    """The usage writer's own connection, on asyncpg directly: each call is a statement of its
+    own, atomic and committed (durably) when it returns; no BEGIN/COMMIT round trips."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._driver: asyncpg.Connection | None = None
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._driver is None or self._driver.is_closed():
+            self._driver = await asyncpg.connect(
+                self._dsn, server_settings={"application_name": "tollgate-writer"}
+            )
+        return self._driver
+
+    async def run(self, statement: DriverStatement, *args: object) -> None:
+        """Another domain's statement that must precede a settlement (a new month's partition)."""
+        await (await self._connection()).execute(statement.sql, *args)
+
+    async def settle(self, batch: Sequence[Settlement]) -> int:
+        """`settle` for a batch of settlements; returns how many events were new."""
+        params = _settlement_params(batch)
+        return int(
+            await (await self._connection()).fetchval(_SETTLE.sql, *_SETTLE.args(params)) or 0
+        )
+
+    def drop(self) -> None:
+        """After a failure the connection may be broken: the next call opens a fresh one."""
+        if self._driver is not None:
+            self._driver.terminate()
+            self._driver = None
+
+    async def close(self) -> None:
+        if self._driver is not None:
+            await self._driver.close()
+            self._driver = None
 
 
 async def find_entry(

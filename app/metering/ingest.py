@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.admin.guards import require_admin
+from app.credits import repository as ledger
 from app.errors import InvalidRequest, ModelNotFound, TollgateError
 from app.metering import repository
 from app.metering.schemas import MAX_USER_LENGTH, RequestOutcome, UsageEventRecord, UsageSource
@@ -271,7 +272,7 @@ async def write(connection: AsyncConnection, records: Sequence[UsageEventRecord]
     how many were new."""
     inserted = 0
     for offset in range(0, len(records), CHUNK):
-        inserted += await repository.settle_events(connection, records[offset : offset + CHUNK])
+        inserted += await ledger.settle(connection, records[offset : offset + CHUNK])
     return inserted
 
 

@@ -65,6 +65,33 @@ class UsageEventRecord(msgspec.Struct, frozen=True, gc=False, array_like=True):
         return date(self.time.year, self.time.month, 1)
 
 
+# Postgres types of the stored columns, named as the record's fields (a field without one fails
+# at import).
+_COLUMN_TYPES = {
+    "account_id": "uuid",
+    "time": "timestamptz",
+    "event_key": "text",
+    "api_key_id": "uuid",
+    "user": "text",
+    "endpoint": "text",
+    "model": "text",
+    "prompt_tokens": "bigint",
+    "cached_tokens": "bigint",
+    "completion_tokens": "bigint",
+    "images": "integer",
+    "search_requests": "integer",
+    "audio_seconds": "numeric",
+    "cost": "numeric",
+    "currency": "text",
+    "price_version": "text",
+    "charge": "jsonb",
+    "usage_source": "text",
+    "outcome": "text",
+}
+# The stored columns in the record's field order (a field without a type fails at import).
+EVENT_COLUMNS = tuple((name, _COLUMN_TYPES[name]) for name in UsageEventRecord.__struct_fields__)
+
+
 @dataclass(frozen=True, slots=True)
 class Settlement:
     """How a request ends: its usage event (None when nothing is charged) and the hold it

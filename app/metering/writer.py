@@ -14,10 +14,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import date
 
-import asyncpg
 from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.credits.repository import SETTLEMENT_FAILED, SETTLEMENT_REFUSED, SettlementConnection
 from app.db.engine import driver_dsn
 from app.metering import repository
 from app.metering.schemas import Settlement
@@ -50,10 +50,9 @@ class UsageWriter:
         self._max_batch = max_batch
         # Told which accounts were charged by each commit (auto-recharge watches balances).
         self._on_commit = on_commit
-        # One asyncpg connection of its own: batches are written one at a time, each as a
-        # single statement, atomic on its own (no BEGIN/COMMIT round trips).
-        self._dsn = driver_dsn(engine)
-        self._driver: asyncpg.Connection | None = None
+        # One connection of its own: batches are written one at a time, each as a single
+        # statement, atomic on its own.
+        self._connection = SettlementConnection(driver_dsn(engine))
         self._queue: asyncio.Queue[tuple[Settlement, asyncio.Future[None]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -77,9 +76,7 @@ class UsageWriter:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._driver is not None:
-            await self._driver.close()
-            self._driver = None
+        await self._connection.close()
 
     async def _run(self) -> None:
         while True:
@@ -99,7 +96,7 @@ class UsageWriter:
         for attempt, delay in enumerate((*RETRY_DELAYS, None)):
             try:
                 await self._commit(settlements)
-            except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+            except SETTLEMENT_REFUSED as exc:
                 # Not transient (an account deleted mid-request, a value Postgres cannot
                 # store): isolate the bad one, so the others of its batch still commit.
                 if len(settlements) > 1:
@@ -111,8 +108,8 @@ class UsageWriter:
                 )
                 _resolve(futures, exc)
                 return
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                await self._drop_connection()
+            except SETTLEMENT_FAILED as exc:
+                self._connection.drop()
                 if delay is None:
                     logger.error("usage writer gave up after %d attempts: %s", attempt + 1, exc)
                     _resolve(futures, exc)
@@ -133,21 +130,11 @@ class UsageWriter:
                 return
 
     async def _commit(self, settlements: Sequence[Settlement]) -> None:
-        if self._driver is None or self._driver.is_closed():
-            self._driver = await asyncpg.connect(
-                self._dsn, server_settings={"application_name": "tollgate-writer"}
-            )
         months = {s.event.month for s in settlements if s.event is not None} - self._months
         for month in sorted(months):
-            await repository.ensure_partition_now(self._driver, month)
+            await self._connection.run(repository.ENSURE_PARTITION, month)
         self._months |= months
-        await repository.settle_now(self._driver, settlements)
-
-    async def _drop_connection(self) -> None:
-        """After a failure the connection may be broken: the retry starts on a fresh one."""
-        if self._driver is not None:
-            self._driver.terminate()
-            self._driver = None
+        await self._connection.settle(settlements)
 
 
 def _resolve(futures: Sequence[asyncio.Future[None]], error: BaseException | None) -> None:

@@ -16,10 +16,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.accounts import service as accounts
+from app.credits import repository as ledger
 from app.credits import service as credits
 from app.jobs import Job, Scheduler, default_jobs, lock_key, run_job
 from app.metering import repository as metering
-from app.metering.schemas import Settlement, UsageEventRecord
+from app.metering.schemas import UsageEventRecord
 from app.usage import reconciliation, rollups
 from app.usage.cli import reconcile_command
 from app.usage.partitions import maintain_partitions, months_from
@@ -43,7 +44,7 @@ async def _settle(connection: AsyncConnection, event: UsageEventRecord) -> None:
     async with connection.engine.connect() as other:
         await metering.ensure_partition(other, event.month)
         await other.commit()
-    await metering.settle(connection, [Settlement(event.account_id, None, event)])
+    await ledger.settle(connection, [event])
 
 
 async def _folded(engine: AsyncEngine, account_id: uuid.UUID) -> int:

@@ -19,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.accounts import service as accounts
 from app.config import DEFAULT_PRICING_DIR
+from app.credits import repository as ledger
 from app.metering import repository as metering
-from app.metering.schemas import Settlement, UsageEventRecord
+from app.metering.schemas import UsageEventRecord
 from app.pricing import load_catalog
 from app.usage import service
 from app.usage.schemas import ADMIN_GROUP_FIELDS, GROUP_FIELDS, UsageQuery, parse_usage_query
@@ -217,7 +218,7 @@ async def _insert(engine: AsyncEngine, account_id: uuid.UUID, events: list[Event
         for month in {r.month for r in records}:
             await metering.ensure_partition(connection, month)
     async with engine.begin() as connection:
-        await metering.settle(connection, [Settlement(account_id, None, r) for r in records])
+        await ledger.settle(connection, records)
 
 
 async def _new_account(engine: AsyncEngine) -> uuid.UUID:
