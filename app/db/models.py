@@ -220,7 +220,9 @@ class StripeEvent(Base):
             "received_at",
             postgresql_where=text("processed_at IS NULL"),
         ),
-        CheckConstraint("payload IS NOT NULL OR body IS NOT NULL", name="kept"),
+        CheckConstraint(
+            "payload IS NOT NULL OR (body IS NOT NULL AND rejection IS NOT NULL)", name="kept"
+        ),
         CheckConstraint("rejection IS NULL OR processed_at IS NOT NULL", name="rejected_is_done"),
     )
 

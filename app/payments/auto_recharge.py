@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db.models import RechargeAttempt
 from app.payments import repository, service
 from app.payments.config import BillingConfig
+from app.payments.events import Outcome
 from app.payments.service import RechargePlan
 from app.payments.stripe_api import StripeGateway
 
@@ -55,7 +56,7 @@ class AutoRecharger:
         self._dirty: set[uuid.UUID] = set()
         self._drainer: asyncio.Task[None] | None = None
 
-    async def maybe_recharge(self, account_id: uuid.UUID) -> str | None:
+    async def maybe_recharge(self, account_id: uuid.UUID) -> Outcome | None:
         """Charge the account now if its settings say so; the outcome, or None when there was
         nothing to do. Safe to call from any number of tasks and processes at once."""
         if self._stripe is None:
@@ -124,7 +125,7 @@ class AutoRecharger:
                 # The periodic job picks up whatever this missed.
                 logger.exception("auto-recharge check failed")
 
-    async def _charge(self, plan: RechargePlan) -> str:
+    async def _charge(self, plan: RechargePlan) -> Outcome:
         assert self._stripe is not None
         try:
             intent = await self._stripe.charge_off_session(
@@ -150,7 +151,7 @@ class AutoRecharger:
                     payment_intent_id=None,
                     error=str(exc)[:2000],
                 )
-            return "pending"
+            return Outcome.PENDING
         async with self._sessionmaker() as session, session.begin():
             return await service.apply_recharge_intent(
                 session, plan.account_id, plan.attempt_id, intent, self._config
@@ -158,7 +159,7 @@ class AutoRecharger:
 
     async def _record_decline(
         self, account_id: uuid.UUID, attempt_id: uuid.UUID, exc: stripe.StripeError
-    ) -> str:
+    ) -> Outcome:
         intent = getattr(exc.error, "payment_intent", None) if exc.error else None
         payment_intent_id = getattr(intent, "id", None) if intent is not None else None
         logger.info("auto-recharge %s declined: %s", attempt_id, exc.user_message or exc)
@@ -211,7 +212,7 @@ async def maybe_auto_recharge(
     account_id: uuid.UUID,
     stripe_gateway: StripeGateway | None,
     config: BillingConfig,
-) -> str | None:
+) -> Outcome | None:
     """One-off form of `AutoRecharger.maybe_recharge`: one indexed read when there is nothing
     to do. In the app, prefer `payments.runtime.auto_recharger(state)`, whose `notify` does
     the check in the background for a whole batch of accounts."""

@@ -27,7 +27,9 @@ def upgrade() -> None:
     op.alter_column("stripe_events", "payload", existing_type=postgresql.JSONB(), nullable=True)
     op.alter_column("stripe_events", "type", existing_type=sa.Text(), nullable=True)
     op.create_check_constraint(
-        op.f("ck_stripe_events_kept"), "stripe_events", "payload IS NOT NULL OR body IS NOT NULL"
+        op.f("ck_stripe_events_kept"),
+        "stripe_events",
+        "payload IS NOT NULL OR (body IS NOT NULL AND rejection IS NOT NULL)",
     )
     op.create_check_constraint(
         op.f("ck_stripe_events_rejected_is_done"),
