@@ -1,16 +1,17 @@
 """Scheduled jobs (SPEC 8): wiring only; job bodies live in their domains.
 
-Every instance runs the same APScheduler `AsyncIOScheduler`. Each run of a job opens its own
-transaction and first takes the job's Postgres advisory lock (`pg_try_advisory_xact_lock`): one
-instance does the work, the others skip that run. The lock ends with the transaction, so a
-crashed instance never holds it. Missed runs are coalesced into one and never replayed; the
-bodies catch up from state in the database (e.g. the rollup watermark) instead.
+Every instance runs the same APScheduler `AsyncIOScheduler`. Each run of a job is a unit of
+work (`app.db.engine.unit_of_work`) that first takes the job's advisory lock
+(`app.db.job_state`): one instance does the work, the others skip that run. The body works in
+that session, which commits when it returns; a body that needs a transaction per item (an
+invoice per account, a charge per recharge) opens a unit of work per item itself, under the
+run's lock. Missed runs are coalesced into one and never replayed; the bodies catch up from
+state in the database (e.g. the rollup watermark) instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,24 +22,26 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from litestar.datastructures import State
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.db import job_state
+from app.db.engine import create_sessionmaker, unit_of_work
+from app.db.job_state import JobName
 from app.invoices.tasks import monthly_invoices_job
 from app.payments.inbox import retry_unprocessed_events
 from app.payments.runtime import auto_recharger, billing
 from app.usage import reconciliation, rollups
 from app.usage.partitions import maintain_partitions
-from app.usage.repository import try_job_lock
 
 logger = logging.getLogger(__name__)
 
-JobBody = Callable[[AsyncConnection], Awaitable[object]]
+JobBody = Callable[[AsyncSession], Awaitable[object]]
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    name: str
+    name: JobName
     trigger: Any  # an APScheduler trigger
     body: JobBody
     exclusive: bool = True  # one instance per run, under the advisory lock
@@ -48,31 +51,28 @@ class Job:
     again: Callable[[object], bool] | None = None
 
 
-def lock_key(name: str) -> int:
-    """A stable 64-bit advisory lock key per job (Python's `hash` differs per process)."""
-    return int.from_bytes(hashlib.sha256(f"tollgate.job.{name}".encode()).digest()[:8], signed=True)
-
-
-async def _partitions(connection: AsyncConnection) -> object:
-    return await maintain_partitions(connection, datetime.now(UTC).date())
+async def _partitions(session: AsyncSession) -> object:
+    return await maintain_partitions(session, datetime.now(UTC).date())
 
 
 def default_jobs() -> list[Job]:
     return [
         Job(
-            "usage_rollups",
+            JobName.USAGE_ROLLUPS,
             IntervalTrigger(minutes=1),
             rollups.roll_up,
             at_start=True,
             again=rollups.behind,
         ),
-        Job("usage_partitions", IntervalTrigger(hours=6), _partitions, at_start=True),
+        Job(JobName.USAGE_PARTITIONS, IntervalTrigger(hours=6), _partitions, at_start=True),
         Job(
-            "reconciliation", CronTrigger(hour=3, minute=17, timezone=UTC), reconciliation.reconcile
+            JobName.RECONCILIATION,
+            CronTrigger(hour=3, minute=17, timezone=UTC),
+            reconciliation.reconcile,
         ),
         # Read-only, on every instance: shows the last reconciliation in each one's metrics.
         Job(
-            "reconciliation_gauge",
+            JobName.RECONCILIATION_GAUGE,
             IntervalTrigger(minutes=1),
             reconciliation.refresh_gauge,
             exclusive=False,
@@ -82,34 +82,35 @@ def default_jobs() -> list[Job]:
 
 
 def billing_jobs(state: State) -> list[Job]:
-    """Jobs of the billing domains. They write through their own sessions; the connection
-    they are given only holds the job's lock, so one instance does each run."""
+    """Jobs of the billing domains. Each item is a unit of work of its own (a failed charge
+    or invoice must not undo the others); the run's session only holds the job's lock."""
     sessionmaker = state.sessionmaker
 
-    async def invoices(_: AsyncConnection) -> object:
+    async def invoices(_: AsyncSession) -> object:
         return await monthly_invoices_job(sessionmaker, billing(state))
 
-    async def recharges(_: AsyncConnection) -> object:
+    async def recharges(_: AsyncSession) -> object:
         return await auto_recharger(state).run_due()
 
-    async def stripe_events(_: AsyncConnection) -> object:
+    async def stripe_events(_: AsyncSession) -> object:
         return await retry_unprocessed_events(sessionmaker, billing(state))
 
     return [
-        Job("monthly_invoices", IntervalTrigger(hours=1), invoices, at_start=True),
-        Job("auto_recharge", IntervalTrigger(minutes=1), recharges),
-        Job("stripe_event_retry", IntervalTrigger(minutes=5), stripe_events),
+        Job(JobName.MONTHLY_INVOICES, IntervalTrigger(hours=1), invoices, at_start=True),
+        Job(JobName.AUTO_RECHARGE, IntervalTrigger(minutes=1), recharges),
+        Job(JobName.STRIPE_EVENT_RETRY, IntervalTrigger(minutes=5), stripe_events),
     ]
 
 
 async def run_job(engine: AsyncEngine, job: Job) -> bool:
-    """Run `job` now, in a transaction of its own that commits its work, and again while its
-    `again` says so. False when another instance holds the job's lock (this run is skipped)."""
+    """Run `job` now, as a unit of work that commits its work, and again while its `again`
+    says so. False when another instance holds the job's lock (this run is skipped)."""
+    sessionmaker = create_sessionmaker(engine)
     while True:
-        async with engine.begin() as connection:
-            if job.exclusive and not await try_job_lock(connection, lock_key(job.name)):
+        async with unit_of_work(sessionmaker) as session:
+            if job.exclusive and not await job_state.try_lock(session, job.name):
                 return False
-            result = await job.body(connection)
+            result = await job.body(session)
         logger.debug("job %s done: %s", job.name, result)
         if job.again is None or not job.again(result):
             return True

@@ -6,6 +6,7 @@ The request or job that owns a transaction commits it; services and repositories
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
@@ -79,10 +80,13 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-async def provide_transaction(state: State) -> AsyncGenerator[AsyncSession, None]:
-    """One transaction per request: committed after the handler returns, before the response
-    is sent, so a client never sees a success that was not durable; rolled back on error."""
-    sessionmaker: async_sessionmaker[AsyncSession] = state.sessionmaker
+@asynccontextmanager
+async def unit_of_work(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> AsyncGenerator[AsyncSession, None]:
+    """The one way to own a transaction: the request, job run, task or webhook handling that
+    opens it commits when the block ends and rolls back if it raises. Everything it calls
+    (services, repositories) works in the session it is given and never commits."""
     async with sessionmaker() as session:
         try:
             yield session
@@ -91,3 +95,10 @@ async def provide_transaction(state: State) -> AsyncGenerator[AsyncSession, None
             raise
         else:
             await session.commit()
+
+
+async def provide_transaction(state: State) -> AsyncGenerator[AsyncSession, None]:
+    """One transaction per request: committed after the handler returns, before the response
+    is sent, so a client never sees a success that was not durable; rolled back on error."""
+    async with unit_of_work(state.sessionmaker) as session:
+        yield session

@@ -38,28 +38,6 @@ async def latest_invoice(session: AsyncSession, account_id: uuid.UUID) -> Invoic
     )
 
 
-# The ingestion bound of an invoice. `ingested_at` is the inserting transaction's start time,
-# so an event with an earlier `ingested_at` could still be uncommitted while a transaction
-# that started before now is running. The cutoff is therefore the start of the oldest
-# transaction still open in this database (or now): everything ingested before it has
-# committed (or never will), and the next statement's snapshot sees all of it.
-CUTOFF_SQL = text(
-    """
-    SELECT least(
-        now(),
-        (SELECT min(xact_start) FROM pg_stat_activity
-         WHERE datname = current_database() AND pid <> pg_backend_pid()
-           AND backend_type = 'client backend' AND xact_start IS NOT NULL)
-    ) AS cutoff, now() AS now
-    """
-)
-
-
-async def cutoff_and_now(session: AsyncSession) -> tuple[datetime, datetime]:
-    row = (await session.execute(CUTOFF_SQL)).one()
-    return row.cutoff, row.now
-
-
 # The usage an invoice covers: events of its period or earlier, ingested before its cutoff,
 # minus what the account's previous invoice covered (events before that invoice's period end
 # ingested before its cutoff). The two disjoint parts each use an index: (account_id, time)

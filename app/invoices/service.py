@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import job_state
 from app.db.models import Invoice, InvoiceLine
 from app.errors import NotFound
 from app.invoices import repository
@@ -52,8 +53,9 @@ async def issue_invoice(
     previous = await repository.latest_invoice(session, account_id)
     if previous is not None and previous.period_end >= period.end:
         return None
-    # Before the aggregation: that statement's snapshot must see everything before the cutoff.
-    cutoff, now = await repository.cutoff_and_now(session)
+    # The ingestion bound of the invoice (`ingested_at` is the inserting transaction's start),
+    # read before the aggregation, whose snapshot then sees everything stamped before it.
+    cutoff, now = await job_state.settled_horizon(session, lag_seconds=0)
     if now - cutoff > STUCK_TRANSACTION:
         # Nothing is lost (later usage goes on the next invoice), but an operator should know.
         logger.warning(

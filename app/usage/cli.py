@@ -18,7 +18,7 @@ def reconcile_command(as_json: bool) -> None:
     from app.config import load_settings
 
     async def work(session: AsyncSession) -> ReconciliationReport:
-        return await reconciliation.reconcile(await session.connection())
+        return await reconciliation.reconcile(session)
 
     report = run_in_transaction(load_settings(), work)
     lines = [f"Checked {report.accounts} accounts: {len(report.mismatches)} mismatched."]

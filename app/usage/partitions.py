@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.metering import repository
 
@@ -24,10 +24,10 @@ def months_from(today: date, count: int) -> list[date]:
 
 
 async def maintain_partitions(
-    connection: AsyncConnection, today: date, *, months_ahead: int = MONTHS_AHEAD
+    session: AsyncSession, today: date, *, months_ahead: int = MONTHS_AHEAD
 ) -> list[date]:
     """Ensure this month's partition and the next ones; returns the months ensured."""
     months = months_from(today, months_ahead)
     for month in months:
-        await repository.ensure_partition(connection, month)
+        await repository.ensure_partition(session, month)
     return months

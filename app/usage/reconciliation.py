@@ -14,15 +14,16 @@ from typing import Any
 
 import msgspec
 from prometheus_client import Gauge
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import job_state
+from app.db.job_state import JobName
 from app.money import money_str
 from app.usage import repository
 from app.usage.repository import AccountTotals
 
 logger = logging.getLogger(__name__)
 
-JOB_NAME = "reconciliation"
 MAX_RECORDED = 100  # mismatched accounts kept in the stored result (all are logged)
 
 MISMATCHES = Gauge(
@@ -78,10 +79,10 @@ def failed_identities(t: AccountTotals) -> tuple[str, ...]:
     return tuple(name for name, holds in checks if not holds)
 
 
-async def reconcile(connection: AsyncConnection) -> ReconciliationReport:
+async def reconcile(session: AsyncSession) -> ReconciliationReport:
     """Check every account, log each mismatch, set the gauge and record the result (so every
     instance's gauge shows it). Runs in the caller's transaction."""
-    checked, rows = await repository.mismatched_accounts(connection)
+    checked, rows = await repository.mismatched_accounts(session)
     report = ReconciliationReport(
         ran_at=datetime.now(UTC),
         accounts=checked,
@@ -95,17 +96,17 @@ async def reconcile(connection: AsyncConnection) -> ReconciliationReport:
             mismatch.view(),
         )
     MISMATCHES.set(len(report.mismatches))
-    await repository.save_job_result(
-        connection, JOB_NAME, msgspec.json.encode(report.view()).decode()
+    await job_state.save_result(
+        session, JobName.RECONCILIATION, msgspec.json.encode(report.view()).decode()
     )
     if not report.mismatches:
         logger.info("reconciliation: %d accounts, no mismatch", checked)
     return report
 
 
-async def refresh_gauge(connection: AsyncConnection) -> None:
+async def refresh_gauge(session: AsyncSession) -> None:
     """Show the last recorded reconciliation in this instance's gauge: the run itself happens on
     one instance only, but any instance may be scraped."""
-    _, result = await repository.job_result(connection, JOB_NAME)
+    _, result = await job_state.last_result(session, JobName.RECONCILIATION)
     if result is not None:
         MISMATCHES.set(int(result["mismatches"]))

@@ -1,5 +1,5 @@
-"""All SQL of the usage domain: the windowed usage query, the rollup job, job state and locks,
-and the reconciliation of balances, ledger and events.
+"""All SQL of the usage domain: the windowed usage query, the rollup job's fold, and the
+reconciliation of balances, ledger and events (job state and locks: `app.db.job_state`).
 
 Statements are assembled only from the constant fragments below, never from input.
 """
@@ -15,10 +15,11 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import TextClause, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.job_state import JobName, watermark_sql
 
 NIL_UUID = uuid.UUID(int=0)  # `usage_rollups.api_key_id` of events without a key
-ROLLUP_JOB = "usage_rollups"
 
 # Group-by field → its expression over usage_events (e) and over usage_rollups (r).
 _DIMENSIONS: Mapping[str, tuple[str, str]] = {
@@ -119,8 +120,7 @@ def _usage_sql(group_by: tuple[str, ...], filters: tuple[str, ...], by_account: 
     return text(
         f"""
         WITH mark AS (
-            SELECT coalesce(max(watermark), '-infinity') AS settled
-            FROM job_state WHERE name = '{ROLLUP_JOB}'
+            SELECT {watermark_sql(JobName.USAGE_ROLLUPS)} AS settled
         ), picked AS (
             {events}
             WHERE {event_where}e.time >= :start AND e.time < :rollup_start
@@ -158,7 +158,7 @@ def _usage_sql(group_by: tuple[str, ...], filters: tuple[str, ...], by_account: 
     )
 
 
-async def usage_rows(connection: AsyncConnection, selection: UsageSelection) -> list[UsageRow]:
+async def usage_rows(session: AsyncSession, selection: UsageSelection) -> list[UsageRow]:
     params: dict[str, Any] = {
         "start": selection.start,
         "end": selection.end,
@@ -184,7 +184,7 @@ async def usage_rows(connection: AsyncConnection, selection: UsageSelection) -> 
     # A prepared statement switches to a generic plan after five runs; for this one that plan
     # cannot prune partitions or size the ranges and runs about twice as long. Planning it for
     # its parameters costs a millisecond.
-    await connection.execute(CUSTOM_PLANS_SQL)
+    await session.execute(CUSTOM_PLANS_SQL)
     width = len(selection.group_by)
     return [
         UsageRow(
@@ -198,29 +198,11 @@ async def usage_rows(connection: AsyncConnection, selection: UsageSelection) -> 
             search_requests=row.search_requests,
             cost=row.cost,
         )
-        for row in await connection.execute(statement, params)
+        for row in await session.execute(statement, params)
     ]
 
 
 # ── Rollups ──────────────────────────────────────────────────────────────────────────────────
-
-WATERMARK_SQL = text(f"SELECT watermark FROM job_state WHERE name = '{ROLLUP_JOB}' FOR UPDATE")
-
-# Events carry `ingested_at = now()`, their transaction's start, and become visible only at its
-# commit, which may come later. The horizon is therefore the start of the oldest transaction
-# still open in this database (pg_stat_activity.xact_start is that same timestamp), capped a
-# little before now for a transaction that began but has not yet published its start: every
-# event stamped before the horizon is committed (or gone) and visible to the next statement.
-HORIZON_SQL = text(
-    """
-    SELECT least(
-        clock_timestamp() - make_interval(secs => :lag),
-        (SELECT min(xact_start) FROM pg_stat_activity
-         WHERE datname = current_database() AND pid <> pg_backend_pid()
-           AND backend_type = 'client backend' AND xact_start IS NOT NULL)
-    )
-    """
-)
 
 # Adds the events ingested in [since, until) to their buckets of each width; a late event lands
 # in its old buckets. Runs in the same transaction as the watermark moving to `until`, so every
@@ -290,73 +272,19 @@ CHUNK_END_SQL = text(
     """
 )
 
-SET_WATERMARK_SQL = text(
-    """
-    INSERT INTO job_state (name, watermark, ran_at) VALUES (:name, :watermark, now())
-    ON CONFLICT (name) DO UPDATE SET watermark = excluded.watermark, ran_at = excluded.ran_at
-    """
-)
 
-
-async def rollup_watermark(connection: AsyncConnection) -> datetime | None:
-    """The rollup watermark, locked for this transaction; None before the first run."""
-    watermark: datetime | None = await connection.scalar(WATERMARK_SQL)
-    return watermark
-
-
-async def fold_bound(
-    connection: AsyncConnection, since: datetime | None, n: int
-) -> datetime | None:
+async def fold_bound(session: AsyncSession, since: datetime | None, n: int) -> datetime | None:
     """The end of a fold of about `n` events from `since`; None when fewer are left."""
-    bound: datetime | None = await connection.scalar(CHUNK_END_SQL, {"since": since, "n": n})
+    bound: datetime | None = await session.scalar(CHUNK_END_SQL, {"since": since, "n": n})
     return bound
 
 
-async def settled_horizon(connection: AsyncConnection, lag_seconds: float) -> datetime:
-    horizon: datetime = await connection.scalar(HORIZON_SQL, {"lag": lag_seconds})
-    return horizon
-
-
 async def fold_events(
-    connection: AsyncConnection, since: datetime | None, until: datetime
+    session: AsyncSession, since: datetime | None, until: datetime
 ) -> tuple[int, int]:
     """(bucket rows written, events folded) for the events ingested in [since, until)."""
-    row = (await connection.execute(FOLD_SQL, {"since": since, "until": until})).one()
+    row = (await session.execute(FOLD_SQL, {"since": since, "until": until})).one()
     return int(row.buckets), int(row.events)
-
-
-async def set_rollup_watermark(connection: AsyncConnection, watermark: datetime) -> None:
-    await connection.execute(SET_WATERMARK_SQL, {"name": ROLLUP_JOB, "watermark": watermark})
-
-
-# ── Scheduled jobs ───────────────────────────────────────────────────────────────────────────
-
-TRY_LOCK_SQL = text("SELECT pg_try_advisory_xact_lock(:key)")
-
-SAVE_RESULT_SQL = text(
-    """
-    INSERT INTO job_state (name, ran_at, result) VALUES (:name, now(), CAST(:result AS jsonb))
-    ON CONFLICT (name) DO UPDATE SET ran_at = excluded.ran_at, result = excluded.result
-    """
-)
-
-RESULT_SQL = text("SELECT ran_at, result FROM job_state WHERE name = :name")
-
-
-async def try_job_lock(connection: AsyncConnection, key: int) -> bool:
-    """Take the transaction-scoped advisory lock `key` if it is free."""
-    return bool(await connection.scalar(TRY_LOCK_SQL, {"key": key}))
-
-
-async def save_job_result(connection: AsyncConnection, name: str, result_json: str) -> None:
-    await connection.execute(SAVE_RESULT_SQL, {"name": name, "result": result_json})
-
-
-async def job_result(
-    connection: AsyncConnection, name: str
-) -> tuple[datetime | None, dict[str, Any] | None]:
-    row = (await connection.execute(RESULT_SQL, {"name": name})).one_or_none()
-    return (None, None) if row is None else (row.ran_at, row.result)
 
 
 # ── Reconciliation ───────────────────────────────────────────────────────────────────────────
@@ -406,10 +334,10 @@ class AccountTotals:
     holds_total: Decimal
 
 
-async def mismatched_accounts(connection: AsyncConnection) -> tuple[int, list[AccountTotals]]:
+async def mismatched_accounts(session: AsyncSession) -> tuple[int, list[AccountTotals]]:
     """(accounts checked, the accounts whose totals disagree with their ledger, events or
     holds)."""
-    rows = await connection.execute(RECONCILE_SQL)
+    rows = await session.execute(RECONCILE_SQL)
     mismatched = [
         AccountTotals(
             account_id=row.account_id,
@@ -423,4 +351,4 @@ async def mismatched_accounts(connection: AsyncConnection) -> tuple[int, list[Ac
         )
         for row in rows
     ]
-    return int(await connection.scalar(ACCOUNT_COUNT_SQL) or 0), mismatched
+    return int(await session.scalar(ACCOUNT_COUNT_SQL) or 0), mismatched

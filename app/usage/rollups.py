@@ -19,8 +19,10 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import job_state
+from app.db.job_state import JobName
 from app.usage import repository
 
 logger = logging.getLogger(__name__)
@@ -50,21 +52,21 @@ def behind(run: object) -> bool:
 
 
 async def roll_up(
-    connection: AsyncConnection,
+    session: AsyncSession,
     *,
     lag_seconds: float = HORIZON_LAG_SECONDS,
     max_events: int = CATCH_UP_EVENTS,
 ) -> RollupRun:
     # The horizon first: the fold below must start after it was observed.
-    horizon = await repository.settled_horizon(connection, lag_seconds)
-    since = await repository.rollup_watermark(connection)
+    horizon, now = await job_state.settled_horizon(session, lag_seconds)
+    since = await job_state.watermark(session, JobName.USAGE_ROLLUPS)
     if since is not None and horizon <= since:
         return RollupRun(since, None, 0, 0)
-    bound = await repository.fold_bound(connection, since, max_events)
+    bound = await repository.fold_bound(session, since, max_events)
     until = horizon if bound is None else min(bound, horizon)
-    buckets, events = await repository.fold_events(connection, since, until)
-    await repository.set_rollup_watermark(connection, until)
-    lag = datetime.now(horizon.tzinfo) - horizon
+    buckets, events = await repository.fold_events(session, since, until)
+    await job_state.set_watermark(session, JobName.USAGE_ROLLUPS, until)
+    lag = now - horizon
     if lag > STALL_WARNING:
         logger.warning(
             "usage rollups are %s behind: a database transaction has been open that long", lag

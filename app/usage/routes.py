@@ -27,9 +27,7 @@ async def usage_completions(
     """Usage of the key's account per window (and group). The body is read raw, so that each
     invalid field gets a 400 that names it."""
     query = parse_usage_query(await request.body(), fields=GROUP_FIELDS, now=datetime.now(UTC))
-    return await service.usage_report(
-        await db.connection(), query, catalog=catalog, account_id=principal.account_id
-    )
+    return await service.usage_report(db, query, catalog=catalog, account_id=principal.account_id)
 
 
 @post("/admin/usage/completions", status_code=200, guards=[require_admin], include_in_schema=False)
@@ -41,9 +39,7 @@ async def admin_usage_completions(
     query = parse_usage_query(
         await request.body(), fields=ADMIN_GROUP_FIELDS, now=datetime.now(UTC)
     )
-    return await service.usage_report(
-        await db.connection(), query, catalog=catalog, account_id=None
-    )
+    return await service.usage_report(db, query, catalog=catalog, account_id=None)
 
 
 usage_routes = [usage_completions, admin_usage_completions]

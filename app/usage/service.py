@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import ModelNotFound
 from app.money import money_str
@@ -24,7 +24,7 @@ from app.usage.windows import format_instant, rollup_spans
 
 
 async def usage_report(
-    connection: AsyncConnection,
+    session: AsyncSession,
     query: UsageQuery,
     *,
     catalog: Catalog,
@@ -50,7 +50,7 @@ async def usage_report(
         filters=filters,
         account_id=account_id,
     )
-    rows = await repository.usage_rows(connection, selection)
+    rows = await repository.usage_rows(session, selection)
     rows.sort(key=_order)
     fixed_user = _fixed_user_id(query, account_id)
     return {

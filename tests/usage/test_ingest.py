@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.pricing import Endpoint, Usage, charge_json, charge_to_json, format_money, load_catalog, price
+from app.pricing import (
+    Endpoint,
+    Usage,
+    charge_json,
+    charge_to_json,
+    format_money,
+    load_catalog,
+    price,
+)
 from tests.conftest import ADMIN_TOKEN
 from tests.support.live import LiveServer
 from tests.usage.conftest import Customer, ingest, new_customer

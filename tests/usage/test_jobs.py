@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from app.accounts import service as accounts
 from app.credits import repository as ledger
 from app.credits import service as credits
-from app.jobs import Job, Scheduler, default_jobs, lock_key, run_job
+from app.db.job_state import lock_key
+from app.jobs import Job, Scheduler, default_jobs, run_job
 from app.metering import repository as metering
 from app.metering.schemas import UsageEventRecord
 from app.usage import reconciliation, rollups
