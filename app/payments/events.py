@@ -26,7 +26,8 @@ from app.money import LEDGER_LIMIT
 # decimals) that is far inside the ledger's range.
 MAX_MINOR = 2**63 - 1
 assert MAX_MINOR < LEDGER_LIMIT
-# A Stripe id is about 30 characters; the primary key's index cannot take a very long one.
+# A Stripe id is about 30 characters; the unique indexes it goes into (event id, ledger
+# reference, PaymentIntent) cannot take a very long one.
 MAX_ID_LENGTH = 255
 # Unix times up to the end of year 9999, as Python's datetime can hold them.
 MAX_TIMESTAMP = 253_402_300_799
@@ -243,6 +244,13 @@ class Fields:
             raise self._reject(name, "is empty")
         return value
 
+    def id(self, name: str = "id") -> str:
+        """A required Stripe id."""
+        value = self.text(name)
+        if len(value) > MAX_ID_LENGTH:
+            raise self._reject(name, f"is longer than {MAX_ID_LENGTH} characters")
+        return value
+
     def optional_text(self, name: str) -> str | None:
         value = self._obj.get(name)
         if value is not None and not isinstance(value, str):
@@ -258,6 +266,8 @@ class Fields:
             return None
         if not isinstance(value, str) or not value:
             raise self._reject(name, "must be an id or an object with one")
+        if len(value) > MAX_ID_LENGTH:
+            raise self._reject(name, f"is longer than {MAX_ID_LENGTH} characters")
         return value
 
     def minor_amount(self, name: str, *, positive: bool = False) -> int:

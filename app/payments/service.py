@@ -147,7 +147,7 @@ async def credit_checkout_session(
         return Outcome.IGNORED_MODE
     if checkout.text("payment_status") != "paid":
         return Outcome.NOT_PAID
-    session_id = checkout.text("id")
+    session_id = checkout.id()
     amount_minor = checkout.minor_amount("amount_total")
     currency = checkout.currency()
     payment_intent_id = checkout.stripe_id("payment_intent")
@@ -202,7 +202,7 @@ async def reverse_refunds(session: AsyncSession, charge: Fields) -> Outcome:
     (not expanded in webhooks since API 2022-11-15), so each step of that total is its own
     ledger reference; the payment's row lock orders concurrent deliveries, and older or
     repeated totals reverse nothing."""
-    charge_id = charge.text("id")
+    charge_id = charge.id()
     payment_intent_id = charge.stripe_id("payment_intent")
     currency = charge.currency()
     refunded = charge.minor_amount("amount_refunded")
@@ -246,7 +246,7 @@ async def reverse_refunds(session: AsyncSession, charge: Fields) -> Outcome:
 async def reverse_dispute(session: AsyncSession, dispute: Fields) -> Outcome:
     """A `refund` entry for the disputed amount, once per dispute: the money is withdrawn
     from the balance when the dispute opens."""
-    dispute_id = dispute.text("id")
+    dispute_id = dispute.id()
     payment_intent_id = dispute.stripe_id("payment_intent")
     currency = dispute.currency()
     # A dispute is of a positive amount: a negative one used to be read as 0 and written as a
@@ -320,7 +320,7 @@ async def credit_recharge_intent(session: AsyncSession, intent: Fields) -> Outco
     if intent.text("status") != "succeeded":
         return Outcome.NOT_SUCCEEDED
     metadata = intent.mapping("metadata")
-    payment_intent_id = intent.text("id")
+    payment_intent_id = intent.id()
     received = intent.optional_minor_amount("amount_received")
     if received is None:
         received = intent.minor_amount("amount")
@@ -374,7 +374,7 @@ async def payment_intent_failed(
     metadata = intent.mapping("metadata")
     if metadata.get("purpose") != "auto_recharge":
         return Outcome.IGNORED
-    payment_intent_id = intent.text("id")
+    payment_intent_id = intent.id()
     error = intent.nested("last_payment_error")
     reason = error.optional_text("message") or error.optional_text("code") or "payment failed"
     account_id = _account_of(None, metadata)
@@ -539,7 +539,7 @@ async def apply_recharge_intent(
     """What Stripe's answer to the off-session charge means for the attempt."""
     fields = Fields(intent, "payment_intent")
     status = fields.text("status")
-    payment_intent_id = fields.text("id")
+    payment_intent_id = fields.id()
     await repository.set_attempt_intent(
         session, account_id=plan_account, attempt_id=attempt_id, payment_intent_id=payment_intent_id
     )

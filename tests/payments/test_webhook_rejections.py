@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -107,6 +108,7 @@ def _changed(obj: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 
 _MISSING = object()
+_LONG = "cs_" + secrets.token_urlsafe(7500)  # random: Postgres cannot compress it small
 
 # (name, event builder given (account id, credited PaymentIntent), a word the reason names)
 Builder = Callable[[str, str], dict[str, Any]]
@@ -133,6 +135,14 @@ CASES: list[tuple[str, Builder, str]] = [
     ("session id not text", lambda a, pi: _checkout(a, pi, id=12345), "id"),
     ("payment_intent a list", lambda a, pi: _checkout(a, pi, payment_intent=["pi"]), "intent"),
     ("NUL in session id", lambda a, pi: _checkout(a, pi, id="cs_\x00"), "NUL"),
+    # Ids go into unique indexes, whose entries cannot be that long.
+    ("session id of 10,000 characters", lambda a, pi: _checkout(a, pi, id=_LONG), "longer"),
+    (
+        "payment_intent of 10,000 characters",
+        lambda a, pi: _checkout(a, pi, payment_intent=_LONG),
+        "longer",
+    ),
+    ("customer of 10,000 characters", lambda a, pi: _checkout(a, pi, customer=_LONG), "longer"),
     ("NUL in metadata", lambda a, pi: _checkout(a, pi, metadata={"note": "a\x00b"}), "NUL"),
     ("NUL in a key", lambda a, pi: _checkout(a, pi, metadata={"a\x00": "b"}), "NUL"),
     ("lone surrogate", lambda a, pi: _checkout(a, pi, customer="cus_\ud800"), "surrogate"),
