@@ -103,7 +103,7 @@ def migrate_command() -> None:
 @click.option("--port", default=8080, show_default=True, type=int)
 def demo(port: int) -> None:
     """Run everything locally: embedded database, echo upstream, a demo account with credit."""
-    from app.demo import run_demo
+    from app.demo.run import run_demo
 
     run_demo(port=port)
 
@@ -260,13 +260,20 @@ def _account_id(value: str) -> uuid.UUID:
         raise click.BadParameter(f"{value!r} is not an account id") from None
 
 
-def _register_domain_commands() -> None:
-    from app.usage.cli import reconcile_command
+@main.command(name="reconcile")
+@json_option
+def reconcile_command(as_json: bool) -> None:
+    """Check every account: balance = sum(ledger), usage = −sum(usage ledger) = sum(event
+    costs), held = sum(holds). Exit status 1 on any mismatch."""
+    from app.usage import reconciliation
 
-    main.add_command(reconcile_command)
+    report = run_in_transaction(load_settings(), reconciliation.reconcile)
+    lines = [f"Checked {report.accounts} accounts: {len(report.mismatches)} mismatched."]
+    lines += [f"  {m.account_id}: {'; '.join(m.failed)}  {m.view()}" for m in report.mismatches]
+    emit(as_json, report.view(), "\n".join(lines))
+    if report.mismatches:
+        raise SystemExit(1)
 
-
-_register_domain_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

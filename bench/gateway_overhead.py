@@ -178,7 +178,7 @@ async def main(args: argparse.Namespace) -> None:
     direct = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
     gateway = f"http://127.0.0.1:{gateway_port}"
     processes = [
-        spawn("app.gateway.echo:create_echo_app", upstream_port, {}),
+        spawn("app.demo.echo:create_echo_app", upstream_port, {}),
         spawn(
             "app.main:create_app",
             gateway_port,

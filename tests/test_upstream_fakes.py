@@ -18,7 +18,7 @@ import pytest
 import tiktoken
 from PIL import Image
 
-from app.gateway.echo import create_echo_app
+from app.demo.echo import create_echo_app
 from tests.support.live import LiveServer
 from tests.support.upstream import Behaviour, FakeUpstream
 

@@ -1,4 +1,4 @@
-"""The fake upstream for gateway tests: the built-in echo upstream (`app.gateway.echo`) on a
+"""The fake upstream for gateway tests: the built-in echo upstream (`app.demo.echo`) on a
 real loopback port, plus fault injection and a record of what it received.
 
 The gateway forwards only a safe set of headers and refuses unpriced model names, but passes
@@ -31,7 +31,7 @@ from typing import Any
 
 import msgspec
 
-from app.gateway import echo
+from app.demo import echo
 from tests.support import openai_count
 from tests.support.live import LiveServer
 

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.accounts import service as accounts
+from app.cli import reconcile_command
 from app.credits import repository as ledger
 from app.credits import service as credits
 from app.db.job_state import lock_key
@@ -23,7 +24,6 @@ from app.jobs import Job, Scheduler, default_jobs, run_job
 from app.metering import repository as metering
 from app.metering.schemas import UsageEventRecord
 from app.usage import reconciliation, rollups
-from app.usage.cli import reconcile_command
 from app.usage.partitions import maintain_partitions, months_from
 from app.usage.rollups import roll_up
 from tests.support.events import usage_event

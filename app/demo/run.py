@@ -89,7 +89,7 @@ Press Ctrl+C to stop.
 
 
 def run_demo(*, port: int) -> None:
-    from app.gateway.echo import create_echo_app
+    from app.demo.echo import create_echo_app
     from app.main import create_app
 
     base = load_settings()
