@@ -29,6 +29,10 @@ assert MAX_MINOR < LEDGER_LIMIT
 # A Stripe id is about 30 characters; the unique indexes it goes into (event id, ledger
 # reference, PaymentIntent) cannot take a very long one.
 MAX_ID_LENGTH = 255
+# Stripe's objects nest a few levels (more with expansions). Deeper bodies are kept as bytes:
+# json.loads reads about a thousand levels, but writing them back as jsonb can then run out of
+# recursion further down the stack.
+MAX_DEPTH = 64
 # Unix times up to the end of year 9999, as Python's datetime can hold them.
 MAX_TIMESTAMP = 253_402_300_799
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
@@ -111,10 +115,13 @@ def read_event(body: bytes) -> ReceivedEvent:
 
 def unstorable(value: object) -> str | None:
     """Why Postgres cannot store `value` as jsonb (or its strings as text), or None: a NUL
-    character, a lone surrogate, or a NaN or infinite number anywhere in it."""
-    stack: list[tuple[object, str]] = [(value, "")]
+    character, a lone surrogate, or a NaN or infinite number anywhere in it, or more than
+    `MAX_DEPTH` levels of nesting."""
+    stack: list[tuple[object, str, int]] = [(value, "", 0)]
     while stack:  # a loop, not recursion: json.loads nests as deep as its own recursion goes
-        item, path = stack.pop()
+        item, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"the event nests deeper than {MAX_DEPTH} levels"
         if isinstance(item, str):
             if problem := _text_problem(item):
                 return f"{path or 'the event'} {problem}"
@@ -126,9 +133,9 @@ def unstorable(value: object) -> str | None:
             for key, child in item.items():
                 if problem := _text_problem(key):
                     return f"a field name in {path or 'the event'} {problem}"
-                stack.append((child, f"{path}.{_show(key)}" if path else _show(key)))
+                stack.append((child, f"{path}.{_show(key)}" if path else _show(key), depth + 1))
         elif isinstance(item, list):
-            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
     return None
 
 

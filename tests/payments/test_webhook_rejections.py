@@ -296,10 +296,33 @@ async def test_a_malformed_signed_event_is_stored_rejected_answered_2xx_and_neve
     assert (await account_view(client))["balance"] == "20.00"
 
 
+def _nested_event(depth: int) -> bytes:
+    """An event whose metadata nests `depth` arrays deep."""
+    event = stripe_fake.event("invoice.paid", {"id": "in_1", "metadata": {"x": "X"}})
+    return json.dumps(event).encode().replace(b'"X"', b"[" * depth + b"]" * depth)
+
+
 @pytest.mark.parametrize(
     "body",
-    [b"[1, 2, 3]", b'"evt"', b"not json at all", b"[" * 50_000 + b"]" * 50_000, b"1" * 5000],
-    ids=["array", "string", "not JSON", "nested 50k deep", "a 5000-digit number"],
+    [
+        b"[1, 2, 3]",
+        b'"evt"',
+        b"not json at all",
+        b"[" * 50_000 + b"]" * 50_000,
+        b"1" * 5000,
+        _nested_event(100),
+        # Read by json.loads, but too deep to write back as jsonb further down the stack.
+        *(_nested_event(depth) for depth in range(950, 970, 2)),
+    ],
+    ids=[
+        "array",
+        "string",
+        "not JSON",
+        "nested 50k deep",
+        "a 5000-digit number",
+        "event nested 100 deep",
+        *(f"event nested {depth} deep" for depth in range(950, 970, 2)),
+    ],
 )
 async def test_a_signed_body_that_is_no_event_is_stored_rejected(
     billing: LiveServer, clean_db: AsyncEngine, body: bytes
