@@ -34,7 +34,7 @@ from app.health import healthz
 from app.invoices.routes import admin_invoice_routes, invoice_routes
 from app.jobs import Scheduler, billing_jobs, default_jobs
 from app.limits.service import RateLimiter
-from app.metering.ingest import ingest_events
+from app.metering.routes import ingest_events
 from app.metering.writer import UsageWriter
 from app.middleware import add_request_id
 from app.payments import runtime as payments

@@ -70,7 +70,7 @@ def create_bench_app() -> Litestar:
     """The gateway app with the usage and ingestion routes, registered here if `create_app`
     does not yet (uvicorn factory: `bench_usage:create_bench_app`)."""
     from app.main import create_app
-    from app.metering.ingest import ingest_events
+    from app.metering.routes import ingest_events
     from app.usage.routes import usage_routes
 
     app = create_app()

@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.credits.schemas import LedgerKind
 from app.db.engine import DriverStatement
@@ -152,13 +152,13 @@ def _settle_params(
 
 
 async def settle(
-    connection: AsyncConnection | AsyncSession,
+    session: AsyncSession,
     events: Sequence[UsageEventRecord],
     holds: Iterable[tuple[uuid.UUID, uuid.UUID]] = (),
 ) -> int:
     """Write every event, its usage ledger entry and every hold release (account id, hold id)
     in one statement, in the caller's transaction. Returns how many events were new."""
-    return int(await connection.scalar(SETTLE_SQL, _settle_params(events, holds)) or 0)
+    return int(await session.scalar(SETTLE_SQL, _settle_params(events, holds)) or 0)
 
 
 def _settlement_params(batch: Sequence[Settlement]) -> dict[str, object]:

@@ -1,6 +1,7 @@
-"""Event ingestion (`POST /admin/events`, SPEC 5): usage recorded elsewhere becomes usage events
-priced with the rates in force at each event's time and deducted like proxied usage — through
-the same settle statement, so the ledger entry, the event and the balance move together.
+"""Event ingestion (`POST /admin/events`, SPEC 5; its route is `routes.ingest_events`): usage
+recorded elsewhere becomes usage events priced with the rates in force at each event's time
+and deducted like proxied usage — through the same settle statement, so the ledger entry, the
+event and the balance move together.
 
 A batch is all or nothing: every event is validated (shape, time, model, account, key) before
 any is written, and an invalid batch answers 400 listing each bad event's index and reason.
@@ -12,34 +13,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
-from litestar import Request, post
-from litestar.datastructures import State
-from litestar.di import NamedDependency
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.admin.guards import require_admin
 from app.credits import repository as ledger
 from app.errors import InvalidRequest, ModelNotFound, TollgateError
 from app.metering import repository
-from app.metering.schemas import MAX_USER_LENGTH, RequestOutcome, UsageEventRecord, UsageSource
+from app.metering.schemas import (
+    EventProblem,
+    IngestBatch,
+    IngestEvent,
+    RequestOutcome,
+    UsageEventRecord,
+    UsageSource,
+)
 from app.metering.service import usage_event
 from app.pricing import Catalog, Endpoint, Usage, price
 
 logger = logging.getLogger(__name__)
 
+_encode = msgspec.json.Encoder().encode
+
 # Events per settle statement. One statement per batch keeps account rows locked only from its
 # balance update to the commit, moments, so proxied requests of those accounts barely wait.
 CHUNK = 10_000
 WRITE_ATTEMPTS = 4
-MAX_ID_LENGTH = 255  # the event id is part of a unique index (as Stripe's idempotency keys)
 MAX_REPORTED = 100  # problems listed in a 400; the count covers all
 
 # Endpoints whose usage an ingested event can express: the counts below. Audio is priced by
@@ -50,42 +52,6 @@ INGESTIBLE_ENDPOINTS = (
     Endpoint.EMBEDDINGS,
     Endpoint.IMAGE_GENERATIONS,
 )
-
-Tokens = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
-Count = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]  # stored as `integer`
-
-_encode = msgspec.json.Encoder().encode
-
-
-class IngestEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
-    account_id: uuid.UUID
-    time: Annotated[datetime, msgspec.Meta(tz=True)]
-    model: Annotated[str, msgspec.Meta(min_length=1)]
-    endpoint: str
-    prompt_tokens: Tokens
-    completion_tokens: Tokens
-    cached_tokens: Tokens = 0
-    images: Count = 0
-    # None: one search for a `-online`/`-deep` model (as a proxied request), none otherwise.
-    search_requests: Count | None = None
-    user: Annotated[str, msgspec.Meta(max_length=MAX_USER_LENGTH)] | None = None
-    api_key_id: uuid.UUID | None = None
-
-
-class IngestBatch(msgspec.Struct, forbid_unknown_fields=True):
-    events: list[IngestEvent]
-
-
-@dataclass(frozen=True, slots=True)
-class EventProblem:
-    index: int
-    id: str | None
-    param: str  # e.g. "events[3].time"
-    reason: str
-
-    def view(self) -> dict[str, Any]:
-        return {"index": self.index, "id": self.id, "param": self.param, "reason": self.reason}
 
 
 class InvalidEvents(InvalidRequest):
@@ -226,12 +192,12 @@ def price_events(
 
 
 async def owner_problems(
-    connection: AsyncConnection, events: Sequence[IngestEvent]
+    session: AsyncSession, events: Sequence[IngestEvent]
 ) -> list[EventProblem]:
     """Events whose account does not exist or whose key belongs to another account."""
-    accounts = await repository.known_accounts(connection, {e.account_id for e in events})
+    accounts = await repository.known_accounts(session, {e.account_id for e in events})
     keys = await repository.key_accounts(
-        connection, {e.api_key_id for e in events if e.api_key_id is not None}
+        session, {e.api_key_id for e in events if e.api_key_id is not None}
     )
     problems = []
     for index, event in enumerate(events):
@@ -245,66 +211,23 @@ async def owner_problems(
     return problems
 
 
-async def ensure_partitions(connection: AsyncConnection, months: Collection[date]) -> None:
-    """Make the monthly partitions of back-dated events, each in a short transaction of its
-    own and before the events' transaction begins: creating one locks the whole table, and
-    would wait forever on a transaction of ours that already wrote to it. Commits."""
-    for month in sorted(months):
-        await repository.ensure_partition(connection, month)
-        await connection.commit()
-
-
 async def prepare(
-    connection: AsyncConnection, events: Sequence[IngestEvent], *, catalog: Catalog, now: datetime
+    session: AsyncSession, events: Sequence[IngestEvent], *, catalog: Catalog, now: datetime
 ) -> list[UsageEventRecord]:
     """Validate and price every event; raises `InvalidEvents` listing each one that cannot be
     recorded (unknown account, another account's key, unpriced model, future time …).
     Pricing is CPU work: it runs in a thread, so the event loop keeps serving requests."""
-    problems = await owner_problems(connection, events)
+    problems = await owner_problems(session, events)
     records, invalid = await asyncio.to_thread(price_events, events, catalog, now)
     if problems or invalid:
         raise InvalidEvents(sorted(problems + invalid, key=lambda p: p.index), len(events))
     return records
 
 
-async def write(connection: AsyncConnection, records: Sequence[UsageEventRecord]) -> int:
+async def write(session: AsyncSession, records: Sequence[UsageEventRecord]) -> int:
     """Settle the events (no holds) in the caller's transaction, a statement per chunk; returns
     how many were new."""
     inserted = 0
     for offset in range(0, len(records), CHUNK):
-        inserted += await ledger.settle(connection, records[offset : offset + CHUNK])
+        inserted += await ledger.settle(session, records[offset : offset + CHUNK])
     return inserted
-
-
-def _retryable(exc: DBAPIError) -> bool:
-    # Concurrent settlements (the usage writer, other ingestions) lock account rows in no
-    # particular order, so Postgres may break a deadlock by aborting this transaction.
-    return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")
-
-
-@post("/admin/events", status_code=200, guards=[require_admin], include_in_schema=False)
-async def ingest_events(
-    request: Request[Any, Any, Any], catalog: NamedDependency[Catalog], state: State
-) -> dict[str, int]:
-    """Owns its transaction (rather than the per-request one) to retry it when Postgres aborts
-    it to break a deadlock; commits before answering, so a usage query or a balance read right
-    after sees every event."""
-    events = decode_batch(await request.body())
-    engine: AsyncEngine = state.engine
-    async with engine.connect() as connection:
-        records = await prepare(connection, events, catalog=catalog, now=datetime.now(UTC))
-        await connection.rollback()  # the reads' transaction: nothing may hold it open
-        # On this same connection: taking a second one from the pool while holding this one
-        # could exhaust the pool under many parallel ingestions.
-        await ensure_partitions(connection, {record.month for record in records})
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
-            try:
-                async with connection.begin():
-                    inserted = await write(connection, records)
-                break
-            except DBAPIError as exc:
-                if attempt == WRITE_ATTEMPTS or not _retryable(exc):
-                    raise
-                logger.warning("ingestion aborted by a deadlock (attempt %d); retrying", attempt)
-                await asyncio.sleep(0.02 * 4**attempt)
-    return {"inserted": inserted, "duplicates": len(events) - inserted}

@@ -9,7 +9,7 @@ from collections.abc import Collection
 from datetime import date
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.engine import DriverStatement
 
@@ -18,8 +18,8 @@ ENSURE_PARTITION_SQL = text("SELECT ensure_usage_events_partition(:month)")
 ENSURE_PARTITION = DriverStatement.of(ENSURE_PARTITION_SQL)
 
 
-async def ensure_partition(connection: AsyncConnection | AsyncSession, month: date) -> None:
-    await connection.execute(ENSURE_PARTITION_SQL, {"month": month})
+async def ensure_partition(session: AsyncSession, month: date) -> None:
+    await session.execute(ENSURE_PARTITION_SQL, {"month": month})
 
 
 KNOWN_ACCOUNTS_SQL = text("SELECT id FROM accounts WHERE id = ANY(CAST(:ids AS uuid[]))")
@@ -27,16 +27,16 @@ KEY_ACCOUNTS_SQL = text("SELECT id, account_id FROM api_keys WHERE id = ANY(CAST
 
 
 async def known_accounts(
-    connection: AsyncConnection, account_ids: Collection[uuid.UUID]
+    session: AsyncSession, account_ids: Collection[uuid.UUID]
 ) -> set[uuid.UUID]:
     """Which of `account_ids` exist (for validating ingested events before any is written)."""
-    result = await connection.execute(KNOWN_ACCOUNTS_SQL, {"ids": list(account_ids)})
+    result = await session.execute(KNOWN_ACCOUNTS_SQL, {"ids": list(account_ids)})
     return {row.id for row in result}
 
 
 async def key_accounts(
-    connection: AsyncConnection, key_ids: Collection[uuid.UUID]
+    session: AsyncSession, key_ids: Collection[uuid.UUID]
 ) -> dict[uuid.UUID, uuid.UUID]:
     """API key id → its account, for those of `key_ids` that exist (revoked ones included)."""
-    result = await connection.execute(KEY_ACCOUNTS_SQL, {"ids": list(key_ids)})
+    result = await session.execute(KEY_ACCOUNTS_SQL, {"ids": list(key_ids)})
     return {row.id: row.account_id for row in result}

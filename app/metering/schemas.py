@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Annotated, Any
 
 import msgspec
 
 # An event's `user` becomes a usage group and a spend-limit key (SPEC 3.1).
 MAX_USER_LENGTH = 256
+MAX_ID_LENGTH = 255  # an ingested event's id is part of a unique index (as Stripe's keys)
 
 
 class UsageSource(StrEnum):
@@ -100,3 +102,40 @@ class Settlement:
     account_id: uuid.UUID
     hold_id: uuid.UUID | None
     event: UsageEventRecord | None
+
+
+# ── POST /admin/events ───────────────────────────────────────────────────────────────────────
+
+Tokens = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]  # stored as `integer`
+
+
+class IngestEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+    account_id: uuid.UUID
+    time: Annotated[datetime, msgspec.Meta(tz=True)]
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    endpoint: str
+    prompt_tokens: Tokens
+    completion_tokens: Tokens
+    cached_tokens: Tokens = 0
+    images: Count = 0
+    # None: one search for a `-online`/`-deep` model (as a proxied request), none otherwise.
+    search_requests: Count | None = None
+    user: Annotated[str, msgspec.Meta(max_length=MAX_USER_LENGTH)] | None = None
+    api_key_id: uuid.UUID | None = None
+
+
+class IngestBatch(msgspec.Struct, forbid_unknown_fields=True):
+    events: list[IngestEvent]
+
+
+@dataclass(frozen=True, slots=True)
+class EventProblem:
+    index: int
+    id: str | None
+    param: str  # e.g. "events[3].time"
+    reason: str
+
+    def view(self) -> dict[str, Any]:
+        return {"index": self.index, "id": self.id, "param": self.param, "reason": self.reason}
