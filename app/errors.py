@@ -63,6 +63,17 @@ class InvalidRequest(TollgateError):
     code = "invalid_request"
 
 
+class InvalidJson(InvalidRequest):
+    """A body that is not JSON at all (OpenAI's words)."""
+
+    code = "invalid_json"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "We could not parse the JSON body of your request. The body must be valid JSON."
+        )
+
+
 class InvalidApiKey(TollgateError):
     status_code = 401
     type = "invalid_request_error"
@@ -186,10 +197,7 @@ def to_tollgate_error(request: Request[Any, Any, Any], exc: Exception) -> Tollga
     if isinstance(exc, RequestEntityTooLarge):
         return RequestTooLarge("The request body is larger than this gateway accepts.")
     if isinstance(exc, ClientException) and _is_json_decode_error(str(exc.detail)):
-        return InvalidRequest(
-            "We could not parse the JSON body of your request. The body must be valid JSON.",
-            code="invalid_json",
-        )
+        return InvalidJson()
     if isinstance(exc, HTTPException) and exc.status_code < 500:
         error = InvalidRequest(str(exc.detail), headers=exc.headers, code="invalid_request")
         error.status_code = exc.status_code

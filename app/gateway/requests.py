@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from app.db.base import without_nul
-from app.errors import InvalidRequest
+from app.errors import InvalidJson, InvalidRequest
 from app.gateway import audio, tokens
 from app.metering.schemas import MAX_USER_LENGTH
 
@@ -52,10 +52,7 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     try:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The body must be valid JSON.",
-            code="invalid_json",
-        ) from None
+        raise InvalidJson() from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     return body

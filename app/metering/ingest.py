@@ -21,7 +21,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.credits import repository as ledger
-from app.errors import InvalidRequest, ModelNotFound, TollgateError
+from app.errors import InvalidJson, InvalidRequest, ModelNotFound, TollgateError
 from app.metering import repository
 from app.metering.schemas import (
     EventProblem,
@@ -89,10 +89,7 @@ def decode_batch(body: bytes) -> list[IngestEvent]:
     except msgspec.ValidationError:
         pass  # find every bad event below, not only the first
     except msgspec.DecodeError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The body must be valid JSON.",
-            code="invalid_json",
-        ) from None
+        raise InvalidJson() from None
     raw = msgspec.json.decode(body)
     if not isinstance(raw, dict) or set(raw) != {"events"} or not isinstance(raw["events"], list):
         raise InvalidRequest(

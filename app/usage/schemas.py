@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, available_timezones
 import msgspec
 
 from app.db.base import without_nul
-from app.errors import InvalidRequest
+from app.errors import InvalidJson, InvalidRequest
 from app.usage.windows import (
     MAX_WINDOWS,
     TooManyWindows,
@@ -58,10 +58,7 @@ def parse_usage_query(body: bytes, *, fields: tuple[str, ...], now: datetime) ->
     try:
         raw = msgspec.json.decode(body)
     except msgspec.DecodeError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The body must be valid JSON.",
-            code="invalid_json",
-        ) from None
+        raise InvalidJson() from None
     if not isinstance(raw, dict):
         raise InvalidRequest("The body must be a JSON object.", code="invalid_type")
     for name in raw:
