@@ -62,9 +62,7 @@ async def usage_rows(
         "group_by": list(group_by),
     }
     query = parse_usage_query(msgspec.json.encode(body), fields=GROUP_FIELDS, now=now)
-    report = await usage_report(
-        await db.connection(), query, catalog=catalog, account_id=account_id
-    )
+    report = await usage_report(db, query, catalog=catalog, account_id=account_id)
     rows: list[dict[str, Any]] = report["data"]
     return rows
 
