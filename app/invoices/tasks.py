@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db.engine import create_engine, create_sessionmaker
+from app.db.engine import create_engine, create_sessionmaker, unit_of_work
 from app.errors import InvalidRequest
 from app.invoices import repository, service
 from app.invoices.compute import Period, parse_period, previous_period
@@ -46,12 +46,12 @@ async def run_invoices(
 ) -> RunResult:
     """Issue the period's missing invoices; running it again issues none."""
     result = RunResult(period)
-    async with sessionmaker() as session:
+    async with unit_of_work(sessionmaker) as session:
         account_ids = await repository.accounts_with_uninvoiced_usage(session, period.end)
     failures: list[Exception] = []
     for account_id in account_ids:
         try:
-            async with sessionmaker() as session, session.begin():
+            async with unit_of_work(sessionmaker) as session:
                 issued = await service.issue_invoice(session, account_id, period, config.seller)
         except Exception as exc:
             logger.exception("invoice of account %s for %s failed", account_id, period.label)
@@ -59,7 +59,7 @@ async def run_invoices(
             continue
         if issued is not None:
             result.created.append(issued.invoice.number)
-    async with sessionmaker() as session:
+    async with unit_of_work(sessionmaker) as session:
         result.invoices = await service.views(
             session, await repository.invoices_of_period(session, period.start)
         )
