@@ -1,5 +1,4 @@
-"""Account and key operations. Never commits (but `commit_revocation`, on the request's behalf):
-the request or command that calls it does."""
+"""Account and key operations. Never commits: the request or command that calls it does."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import repository
-from app.accounts.auth import KeyAuthenticator
 from app.accounts.keys import generate_key
 from app.db.models import Account, ApiKey
 from app.errors import InvalidRequest, NotFound
@@ -51,16 +49,6 @@ async def revoke_key(
     if key is None:
         raise NotFound(f"No API key with id {key_id}", param="key_id")
     return key
-
-
-async def commit_revocation(
-    session: AsyncSession, authenticator: KeyAuthenticator, key: ApiKey
-) -> None:
-    """Commit a revocation now, not after the handler, so that this instance's key cache can
-    forget the key the moment it is revoked for good: the next request with it is a 401.
-    (The one place outside a request's end that commits: it must come before `forget`.)"""
-    await session.commit()
-    authenticator.forget(key.key_hash)
 
 
 def key_view(key: ApiKey, plaintext: str | None = None) -> dict[str, Any]:

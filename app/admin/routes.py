@@ -14,6 +14,7 @@ from app.accounts import service as accounts
 from app.admin.guards import require_admin
 from app.admin.schemas import AddCredit, CreateAccount, CreateKey
 from app.credits import service as credits
+from app.db.engine import unit_of_work
 from app.errors import InvalidRequest
 from app.money import parse_money
 
@@ -47,11 +48,12 @@ async def create_key(
 
 
 @delete("/keys/{key_id:str}", status_code=200)
-async def revoke_key(
-    key_id: FromPath[str], db: NamedDependency[AsyncSession], state: State
-) -> dict[str, Any]:
-    key = await accounts.revoke_key(db, accounts.parse_id(key_id, param="key_id"))
-    await accounts.commit_revocation(db, state.authenticator, key)
+async def revoke_key(key_id: FromPath[str], state: State) -> dict[str, Any]:
+    # Its own unit of work rather than the request's: once the revocation has committed, this
+    # instance's key cache forgets the key, so its next request here is a 401.
+    async with unit_of_work(state.sessionmaker) as db:
+        key = await accounts.revoke_key(db, accounts.parse_id(key_id, param="key_id"))
+    state.authenticator.forget(key.key_hash)
     return accounts.key_view(key)
 
 

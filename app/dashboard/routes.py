@@ -39,6 +39,7 @@ from app.accounts.auth import KeyAuthenticator
 from app.dashboard import repository, service
 from app.dashboard.render import STATIC_DIR, flash, page
 from app.dashboard.security import DashboardSecurity
+from app.db.engine import unit_of_work
 from app.errors import InvalidApiKey, NotFound, TollgateError
 from app.invoices import repository as invoices_repository
 from app.invoices import service as invoices
@@ -545,11 +546,13 @@ async def revoke_key(
     request: Request[Any, Any, Any],
     key_id: FromPath[str],
     viewer: NamedDependency[Viewer],
-    db: NamedDependency[AsyncSession],
     state: State,
 ) -> Response[Any]:
-    key = await service.revoke_key(db, viewer.account_id, key_id)
-    await accounts.commit_revocation(db, state.authenticator, key)
+    # Its own unit of work: once the revocation has committed, this instance's key cache
+    # forgets the key, so its next API request here is a 401.
+    async with unit_of_work(state.sessionmaker) as db:
+        key = await service.revoke_key(db, viewer.account_id, key_id)
+    state.authenticator.forget(key.key_hash)
     if key.id == viewer.key_id:
         _end_session(request, f"You revoked {key.prefix}…, the key you signed in with.")
         return Redirect(LOGIN, status_code=303)
