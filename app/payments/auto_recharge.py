@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 import stripe
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db.engine import unit_of_work
 from app.db.models import RechargeAttempt
 from app.payments import repository, service
 from app.payments.config import BillingConfig
@@ -61,7 +62,7 @@ class AutoRecharger:
         nothing to do. Safe to call from any number of tasks and processes at once."""
         if self._stripe is None:
             return None
-        async with self._sessionmaker() as session, session.begin():
+        async with unit_of_work(self._sessionmaker) as session:
             plan = await service.plan_recharge(session, account_id, self._config)
         if plan is None:
             return None
@@ -143,7 +144,7 @@ class AutoRecharger:
             # Network trouble or a Stripe outage: the charge may or may not exist. The attempt
             # stays pending and is resumed later with the same idempotency key.
             logger.warning("auto-recharge %s: Stripe unavailable: %s", plan.attempt_id, exc)
-            async with self._sessionmaker() as session, session.begin():
+            async with unit_of_work(self._sessionmaker) as session:
                 await repository.set_attempt_intent(
                     session,
                     account_id=plan.account_id,
@@ -152,7 +153,7 @@ class AutoRecharger:
                     error=str(exc)[:2000],
                 )
             return Outcome.PENDING
-        async with self._sessionmaker() as session, session.begin():
+        async with unit_of_work(self._sessionmaker) as session:
             return await service.apply_recharge_intent(
                 session, plan.account_id, plan.attempt_id, intent, self._config
             )
@@ -163,7 +164,7 @@ class AutoRecharger:
         intent = getattr(exc.error, "payment_intent", None) if exc.error else None
         payment_intent_id = getattr(intent, "id", None) if intent is not None else None
         logger.info("auto-recharge %s declined: %s", attempt_id, exc.user_message or exc)
-        async with self._sessionmaker() as session, session.begin():
+        async with unit_of_work(self._sessionmaker) as session:
             return await service.fail_recharge(
                 session,
                 account_id=account_id,
@@ -177,13 +178,13 @@ class AutoRecharger:
         if attempt.payment_intent_id is not None:
             assert self._stripe is not None
             intent = await self._stripe.retrieve_payment_intent(attempt.payment_intent_id)
-            async with self._sessionmaker() as session, session.begin():
+            async with unit_of_work(self._sessionmaker) as session:
                 await service.apply_recharge_intent(
                     session, attempt.account_id, attempt.id, intent, self._config
                 )
             return
         if datetime.now(UTC) - attempt.created_at > ABANDON_AFTER:
-            async with self._sessionmaker() as session, session.begin():
+            async with unit_of_work(self._sessionmaker) as session:
                 await service.fail_recharge(
                     session,
                     account_id=attempt.account_id,

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db.engine import unit_of_work
 from app.payments import repository, service
 from app.payments.config import BillingConfig
 from app.payments.events import MalformedStripeData, Outcome, ReceivedEvent
@@ -44,7 +45,7 @@ class Receipt:
 async def receive_event(
     sessionmaker: async_sessionmaker[AsyncSession], event: ReceivedEvent, config: BillingConfig
 ) -> Receipt:
-    async with sessionmaker() as session, session.begin():
+    async with unit_of_work(sessionmaker) as session:
         stored = await repository.insert_event(session, event)
     if event.rejection is not None:
         if stored:
@@ -61,7 +62,7 @@ async def process_event(
 ) -> Outcome | None:
     """Act on a stored event if nobody has; its outcome, or None if it was already done."""
     try:
-        async with sessionmaker() as session, session.begin():
+        async with unit_of_work(sessionmaker) as session:
             stored = await repository.lock_unprocessed_event(session, event_id)
             if stored is None:
                 return None
@@ -83,7 +84,7 @@ async def process_event(
             else:
                 await repository.mark_event_processed(session, event_id, outcome)
     except Exception as exc:
-        async with sessionmaker() as session, session.begin():
+        async with unit_of_work(sessionmaker) as session:
             await repository.record_event_failure(session, event_id, repr(exc))
         raise
     logger.info("stripe event %s: %s", event_id, outcome)
