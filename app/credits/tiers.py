@@ -32,8 +32,12 @@ class TierTable:
     basis: TierBasis
     tiers: tuple[Tier, ...]  # ascending by min_total, the first at 0
 
+    def ranked_total(self, total_purchased: Decimal, total_usage: Decimal) -> Decimal:
+        """What ranks an account: its purchased credit, or its spend (`basis = "spend"`)."""
+        return total_purchased if self.basis == "purchased" else total_usage
+
     def tier_for(self, total_purchased: Decimal, total_usage: Decimal) -> Tier:
-        total = total_purchased if self.basis == "purchased" else total_usage
+        total = self.ranked_total(total_purchased, total_usage)
         current = self.tiers[0]
         for tier in self.tiers[1:]:
             if total < tier.min_total:

@@ -45,8 +45,7 @@ from app.invoices import repository as invoices_repository
 from app.invoices import service as invoices
 from app.middleware import request_id
 from app.money import money_str
-from app.payments import checkout
-from app.payments import service as payments
+from app.payments import checkout, recharge
 from app.payments.runtime import auto_recharger, billing, optional_stripe, require_stripe
 from app.pricing import Catalog
 
@@ -341,7 +340,7 @@ async def topup_return(
     if not session_id:
         return Redirect(f"{HOME}/topup", status_code=303)
     account = await accounts.get_account(db, viewer.account_id)
-    credited = await payments.checkout_credited(db, viewer.account_id, session_id)
+    credited = await checkout.checkout_credited(db, viewer.account_id, session_id)
     return _page(
         request,
         viewer,
@@ -362,7 +361,7 @@ async def topup_status(
     """For the return page's script: has the payment been credited, and the balance now."""
     session_id = request.query_params.get("session_id", "")
     account = await accounts.get_account(db, viewer.account_id)
-    credited = bool(session_id) and await payments.checkout_credited(
+    credited = bool(session_id) and await checkout.checkout_credited(
         db, viewer.account_id, session_id
     )
     return {
@@ -394,7 +393,7 @@ async def _auto_recharge_page(
         "auto_recharge",
         status=status,
         account=account,
-        setting=await service.auto_recharge(db, account),
+        setting=await recharge.auto_recharge(db, account),
         enabled=config.stripe_enabled,
         minimum=config.topup_min,
         maximum=config.topup_max,

@@ -22,10 +22,8 @@ from app.dashboard import repository
 from app.dashboard.chart import Chart, daily_chart
 from app.db.models import Account, ApiKey
 from app.errors import InvalidRequest, NotFound
-from app.payments import repository as payments_repository
-from app.payments import service as payments
+from app.payments import recharge
 from app.payments.config import BillingConfig
-from app.payments.schemas import auto_recharge_view
 from app.pricing import Catalog
 from app.usage.schemas import GROUP_FIELDS, parse_usage_query
 from app.usage.service import usage_report
@@ -96,7 +94,7 @@ class Overview:
 def tier_progress(account: Account, tiers: TierTable) -> TierProgress:
     current = tiers.tier_for(account.total_purchased, account.total_usage)
     upcoming = tiers.next_tier(current)
-    total = account.total_purchased if tiers.basis == "purchased" else account.total_usage
+    total = tiers.ranked_total(account.total_purchased, account.total_usage)
     remaining = max(upcoming.min_total - total, Decimal(0)) if upcoming else Decimal(0)
     return TierProgress(current, upcoming, tiers.basis, total, remaining)
 
@@ -332,16 +330,6 @@ async def revoke_key(db: AsyncSession, account_id: uuid.UUID, key_id: str) -> Ap
 # ── auto-recharge ───────────────────────────────────────────────────────────────────────────
 
 
-async def auto_recharge(db: AsyncSession, account: Account) -> dict[str, Any]:
-    """The same view as `GET /v1/billing/auto_recharge`."""
-    return auto_recharge_view(
-        await payments_repository.get_recharge_setting(db, account.id),
-        await payments_repository.get_customer(db, account.id),
-        await payments_repository.latest_attempt(db, account.id),
-        account.currency,
-    )
-
-
 async def save_auto_recharge(
     db: AsyncSession,
     config: BillingConfig,
@@ -353,7 +341,7 @@ async def save_auto_recharge(
 ) -> None:
     """The form's fields to the rules of `POST /v1/billing/auto_recharge` (one service for
     both): a blank field keeps its saved value."""
-    await payments.save_auto_recharge(
+    await recharge.save_auto_recharge(
         db,
         account,
         config,

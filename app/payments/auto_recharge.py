@@ -25,10 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.engine import unit_of_work
 from app.db.models import RechargeAttempt
-from app.payments import repository, service
+from app.payments import recharge, repository, webhook
 from app.payments.config import BillingConfig
 from app.payments.events import Outcome
-from app.payments.service import RechargePlan
+from app.payments.recharge import RechargePlan
 from app.payments.stripe_api import StripeGateway
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class AutoRecharger:
         if self._stripe is None:
             return None
         async with unit_of_work(self._sessionmaker) as session:
-            plan = await service.plan_recharge(session, account_id, self._config)
+            plan = await recharge.plan_recharge(session, account_id, self._config)
         if plan is None:
             return None
         return await self._charge(plan)
@@ -91,7 +91,7 @@ class AutoRecharger:
         if self._stripe is None:
             return 0
         done = 0
-        async with self._sessionmaker() as session:
+        async with unit_of_work(self._sessionmaker) as session:
             due = await repository.accounts_due_for_recharge(session)
             stale = await repository.stale_attempts(
                 session, older_than=self._config.recharge_stale_after
@@ -118,7 +118,7 @@ class AutoRecharger:
         while self._dirty:
             batch, self._dirty = list(self._dirty), set()
             try:
-                async with self._sessionmaker() as session:
+                async with unit_of_work(self._sessionmaker) as session:
                     due = await repository.accounts_due_for_recharge(session, batch)
                 for account_id in due:
                     await self.maybe_recharge(account_id)
@@ -154,7 +154,7 @@ class AutoRecharger:
                 )
             return Outcome.PENDING
         async with unit_of_work(self._sessionmaker) as session:
-            return await service.apply_recharge_intent(
+            return await recharge.apply_recharge_intent(
                 session, plan.account_id, plan.attempt_id, intent, self._config
             )
 
@@ -165,7 +165,7 @@ class AutoRecharger:
         payment_intent_id = getattr(intent, "id", None) if intent is not None else None
         logger.info("auto-recharge %s declined: %s", attempt_id, exc.user_message or exc)
         async with unit_of_work(self._sessionmaker) as session:
-            return await service.fail_recharge(
+            return await webhook.fail_recharge(
                 session,
                 account_id=account_id,
                 attempt_id=attempt_id,
@@ -179,13 +179,13 @@ class AutoRecharger:
             assert self._stripe is not None
             intent = await self._stripe.retrieve_payment_intent(attempt.payment_intent_id)
             async with unit_of_work(self._sessionmaker) as session:
-                await service.apply_recharge_intent(
+                await recharge.apply_recharge_intent(
                     session, attempt.account_id, attempt.id, intent, self._config
                 )
             return
         if datetime.now(UTC) - attempt.created_at > ABANDON_AFTER:
             async with unit_of_work(self._sessionmaker) as session:
-                await service.fail_recharge(
+                await webhook.fail_recharge(
                     session,
                     account_id=attempt.account_id,
                     attempt_id=attempt.id,

@@ -67,6 +67,15 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
 
 
+class EventRefused(Exception):
+    """An event acted on no further (an account that does not exist, a foreign currency), with
+    the outcome to record: Lago's failure result, for one operation on one event."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
 class MalformedStripeData(Exception):
     """A Stripe object lacks a field the action needs, or has it of the wrong type or range."""
 

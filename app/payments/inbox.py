@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.engine import unit_of_work
-from app.payments import repository, service
+from app.payments import repository, webhook
 from app.payments.config import BillingConfig
 from app.payments.events import MalformedStripeData, Outcome, ReceivedEvent
 
@@ -70,7 +70,7 @@ async def process_event(
                 async with session.begin_nested():
                     if stored.payload is None:  # only ever stored so when rejected
                         raise MalformedStripeData("the event was stored without its payload")
-                    outcome = await service.apply_event(session, stored.payload, config)
+                    outcome = await webhook.apply_event(session, stored.payload, config)
             except MalformedStripeData as exc:
                 await repository.reject_event(session, event_id, exc.reason)
                 logger.warning("stripe event %s rejected: %s", event_id, exc.reason)
@@ -99,7 +99,7 @@ async def retry_unprocessed_events(
 ) -> int:
     """Job body: act on stored events whose processing failed (e.g. the database went away
     mid-way). Returns how many were processed now."""
-    async with sessionmaker() as session:
+    async with unit_of_work(sessionmaker) as session:
         event_ids = await repository.unprocessed_event_ids(session, received_before=received_before)
     done = 0
     for event_id in event_ids:

@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.accounts import service as accounts
 from app.accounts.auth import Principal
 from app.errors import ServiceUnavailable
-from app.payments import checkout, events, inbox, repository, service
+from app.payments import checkout, events, inbox, recharge, webhook
 from app.payments.runtime import auto_recharger, billing, require_stripe
-from app.payments.schemas import AutoRechargeRequest, CheckoutRequest, auto_recharge_view
+from app.payments.schemas import AutoRechargeRequest, CheckoutRequest
 
 
 @post("/v1/billing/checkout", status_code=200)
@@ -50,7 +50,7 @@ async def stripe_webhook(request: Request[Any, Any, Any], state: State) -> dict[
         )
     # The signature covers the exact bytes Stripe sent: verify them before any parsing.
     body = await request.body()
-    service.verify_signature(
+    webhook.verify_signature(
         body,
         request.headers.get("stripe-signature"),
         config.stripe_webhook_secret,
@@ -82,7 +82,7 @@ async def set_auto_recharge(
     """`{"enabled": true, "threshold": "10.00", "amount": "50.00"}`: when the balance falls
     below `threshold`, charge `amount` to the card saved by the last Checkout top-up."""
     account = await accounts.get_account(db, principal.account_id)
-    await service.save_auto_recharge(
+    await recharge.save_auto_recharge(
         db,
         account,
         billing(state),
@@ -102,13 +102,7 @@ async def set_auto_recharge(
 
 
 async def _view(db: AsyncSession, principal: Principal) -> dict[str, Any]:
-    account = await accounts.get_account(db, principal.account_id)
-    return auto_recharge_view(
-        await repository.get_recharge_setting(db, account.id),
-        await repository.get_customer(db, account.id),
-        await repository.latest_attempt(db, account.id),
-        account.currency,
-    )
+    return await recharge.auto_recharge(db, await accounts.get_account(db, principal.account_id))
 
 
 payment_routes = [create_checkout, stripe_webhook, get_auto_recharge, set_auto_recharge]

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db.engine import create_sessionmaker
-from app.payments import service
+from app.payments import checkout
 from app.payments.config import BillingConfig
 from app.payments.inbox import retry_unprocessed_events
 from tests.payments.apps import WEBHOOK_SECRET
@@ -90,8 +90,8 @@ async def test_paid_checkout_delivered_six_times_concurrently_credits_once(
     async with AsyncSession(clean_db) as session:
         account_id = uuid.UUID(account["id"])
         session_id = event["data"]["object"]["id"]
-        assert await service.checkout_credited(session, account_id, session_id)
-        assert not await service.checkout_credited(session, account_id, "cs_test_other")
+        assert await checkout.checkout_credited(session, account_id, session_id)
+        assert not await checkout.checkout_credited(session, account_id, "cs_test_other")
 
 
 async def test_same_session_under_other_event_ids_credits_nothing_more(

@@ -1,5 +1,5 @@
-"""Payment rules: top-up amounts, webhook verification, and what each Stripe event does to the
-ledger. Never commits: the request, inbox or job that owns the transaction does.
+"""What each Stripe event does to the ledger (SPEC 4), and the webhook's signature check. Never
+commits: the inbox, which owns each event's unit of work, does.
 
 Every credit or reversal goes through `credits.repository.append_entry` with a reference
 derived from a Stripe id, so the unique (account_id, reference) of the ledger makes it happen
@@ -9,6 +9,9 @@ once, whichever event, re-delivery or code path reports it:
   stripe:pi:<payment intent>            purchase, auto-recharge
   stripe:refund:<charge>:<refunded>     refund, up to the charge's cumulative refunded amount
   stripe:dispute:<dispute>              refund, the disputed amount
+
+Each operation ends in one `Outcome`, the code stored with the event; a handler that cannot go
+on raises `EventRefused` with the outcome to store, and `apply_event` returns it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -24,59 +26,14 @@ import stripe
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.credits import repository as ledger
-from app.db.models import Account
-from app.errors import InvalidRequest, ServiceUnavailable
-from app.money import money_str, parse_money
+from app.credits.schemas import LedgerKind
+from app.errors import InvalidRequest
 from app.payments import repository
 from app.payments.config import BillingConfig
-from app.payments.currency import from_minor, to_minor
-from app.payments.events import Fields, MalformedStripeData, Outcome
+from app.payments.currency import from_minor
+from app.payments.events import EventRefused, Fields, MalformedStripeData, Outcome
 
 logger = logging.getLogger(__name__)
-
-RETURN_PATH = "/dashboard/topup/return?session_id={CHECKOUT_SESSION_ID}"
-CANCEL_PATH = "/dashboard/topup?canceled=1"
-
-
-# ── top-up amounts ──────────────────────────────────────────────────────────────────────────
-
-
-def parse_topup_amount(
-    value: object, *, currency: str, config: BillingConfig, param: str = "amount"
-) -> Decimal:
-    """A top-up or auto-recharge amount: a decimal string within the configured limits, in
-    whole minor units of the currency."""
-    try:
-        amount = parse_money(value, field=param)
-        to_minor(amount, currency)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param=param, code="invalid_amount") from exc
-    if not config.topup_min <= amount <= config.topup_max:
-        raise InvalidRequest(
-            f"{param} must be between {money_str(config.topup_min)} and "
-            f"{money_str(config.topup_max)} {currency}, not {money_str(amount)}.",
-            param=param,
-            code="amount_out_of_range",
-        )
-    return amount
-
-
-def checkout_urls(config: BillingConfig) -> tuple[str, str]:
-    """(success URL, cancel URL). Stripe fills in `{CHECKOUT_SESSION_ID}` itself."""
-    return config.public_url + RETURN_PATH, config.public_url + CANCEL_PATH
-
-
-def product_name(amount: Decimal, currency: str) -> str:
-    return f"Tollgate prepaid credit ({money_str(amount)} {currency})"
-
-
-async def checkout_credited(
-    session: AsyncSession, account_id: uuid.UUID, checkout_session_id: str
-) -> bool:
-    """Whether the top-up of this Checkout Session is on the account yet (for the dashboard's
-    return page, which Stripe may reach before its webhook does)."""
-    reference = f"stripe:cs:{checkout_session_id}"
-    return await ledger.find_entry(session, account_id, reference) is not None
 
 
 # ── webhook verification ────────────────────────────────────────────────────────────────────
@@ -124,18 +81,21 @@ async def apply_event(
     if not isinstance(kind, str) or not isinstance(obj, dict):  # checked on receipt
         raise MalformedStripeData("the event lacks a type or data.object")
     fields = Fields(obj, "data.object")
-    if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
-        return await credit_checkout_session(session, fields, event_id=str(event["id"]))
-    if kind == "checkout.session.async_payment_failed":
-        return Outcome.PAYMENT_FAILED
-    if kind == "charge.refunded":
-        return await reverse_refunds(session, fields)
-    if kind == "charge.dispute.created":
-        return await reverse_dispute(session, fields)
-    if kind == "payment_intent.succeeded":
-        return await payment_intent_succeeded(session, fields)
-    if kind == "payment_intent.payment_failed":
-        return await payment_intent_failed(session, fields, config)
+    try:
+        if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
+            return await credit_checkout_session(session, fields, event_id=str(event["id"]))
+        if kind == "checkout.session.async_payment_failed":
+            return Outcome.PAYMENT_FAILED
+        if kind == "charge.refunded":
+            return await reverse_refunds(session, fields)
+        if kind == "charge.dispute.created":
+            return await reverse_dispute(session, fields)
+        if kind == "payment_intent.succeeded":
+            return await payment_intent_succeeded(session, fields)
+        if kind == "payment_intent.payment_failed":
+            return await payment_intent_failed(session, fields, config)
+    except EventRefused as refused:
+        return refused.outcome
     return Outcome.IGNORED
 
 
@@ -161,14 +121,12 @@ async def credit_checkout_session(
     amount = await _amount_in_account_currency(
         session, account_id, amount_minor, currency, session_id
     )
-    if isinstance(amount, Outcome):
-        return amount
     if amount <= 0:
         return Outcome.NOTHING_PAID
     entry = await ledger.append_entry(
         session,
         account_id=account_id,
-        kind="purchase",
+        kind=LedgerKind.PURCHASE,
         amount=amount,
         reference=f"stripe:cs:{session_id}",
         description="Top-up through Stripe Checkout",
@@ -223,7 +181,7 @@ async def reverse_refunds(session: AsyncSession, charge: Fields) -> Outcome:
     await ledger.append_entry(
         session,
         account_id=payment.account_id,
-        kind="refund",
+        kind=LedgerKind.REFUND,
         amount=-amount,
         reference=f"stripe:refund:{charge_id}:{refunded}",
         description="Stripe refund",
@@ -267,7 +225,7 @@ async def reverse_dispute(session: AsyncSession, dispute: Fields) -> Outcome:
     entry = await ledger.append_entry(
         session,
         account_id=payment.account_id,
-        kind="refund",
+        kind=LedgerKind.REFUND,
         amount=-amount,
         reference=f"stripe:dispute:{dispute_id}",
         description="Stripe dispute",
@@ -316,7 +274,8 @@ async def save_topup_card(session: AsyncSession, intent: Fields) -> Outcome:
 
 async def credit_recharge_intent(session: AsyncSession, intent: Fields) -> Outcome:
     """Credit a succeeded auto-recharge PaymentIntent, once per PaymentIntent; used by the
-    webhook and by the recharger when Stripe answers `succeeded` at once."""
+    webhook and by the recharger when Stripe answers `succeeded` at once. Raises
+    `EventRefused` for an unknown account or another currency."""
     if intent.text("status") != "succeeded":
         return Outcome.NOT_SUCCEEDED
     metadata = intent.mapping("metadata")
@@ -331,14 +290,12 @@ async def credit_recharge_intent(session: AsyncSession, intent: Fields) -> Outco
     amount = await _amount_in_account_currency(
         session, account_id, received, currency, payment_intent_id
     )
-    if isinstance(amount, Outcome):
-        return amount
     if amount <= 0:
         return Outcome.NOTHING_PAID
     entry = await ledger.append_entry(
         session,
         account_id=account_id,
-        kind="purchase",
+        kind=LedgerKind.PURCHASE,
         amount=amount,
         reference=f"stripe:pi:{payment_intent_id}",
         description="Auto-recharge",
@@ -416,148 +373,6 @@ async def fail_recharge(
     return Outcome.RECHARGE_FAILED
 
 
-# ── auto-recharge decisions ─────────────────────────────────────────────────────────────────
-
-
-@dataclass(frozen=True, slots=True)
-class RechargePlan:
-    account_id: uuid.UUID
-    attempt_id: uuid.UUID
-    amount: Decimal
-    currency: str
-    customer_id: str
-    payment_method_id: str
-
-    @property
-    def idempotency_key(self) -> str:
-        return f"tollgate-recharge-{self.attempt_id}"
-
-    @property
-    def amount_minor(self) -> int:
-        return to_minor(self.amount, self.currency)
-
-
-async def save_auto_recharge(
-    db: AsyncSession,
-    account: Account,
-    config: BillingConfig,
-    *,
-    enabled: bool,
-    threshold: str | int | None,
-    amount: str | int | None,
-) -> None:
-    """Auto-recharge settings, for the API and the dashboard alike: omitted values keep their
-    saved ones; enabling needs both values, Stripe, and a card saved by a Checkout top-up."""
-    existing = await repository.get_recharge_setting(db, account.id)
-    new_threshold = existing.threshold if existing else None
-    if threshold is not None:
-        try:
-            new_threshold = parse_money(threshold, field="threshold")
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param="threshold") from exc
-        if new_threshold < 0:
-            raise InvalidRequest("threshold must not be negative", param="threshold")
-    new_amount = existing.amount if existing else None
-    if amount is not None:
-        new_amount = parse_topup_amount(amount, currency=account.currency, config=config)
-    if enabled:
-        if not config.stripe_enabled:
-            raise ServiceUnavailable(
-                "Auto-recharge is unavailable on this gateway: STRIPE_API_KEY is not set.",
-                code="payments_not_configured",
-            )
-        if new_threshold is None or new_amount is None:
-            missing = "threshold" if new_threshold is None else "amount"
-            raise InvalidRequest(
-                f"Missing required field: {missing} (needed to enable auto-recharge)",
-                param=missing,
-                code="missing_field",
-            )
-        customer = await repository.get_customer(db, account.id)
-        if customer is None or customer.payment_method_id is None:
-            raise InvalidRequest(
-                "There is no saved card yet: top up once through Checkout, then enable "
-                "auto-recharge.",
-                param="enabled",
-                code="payment_method_required",
-            )
-    await repository.upsert_recharge_setting(
-        db,
-        account_id=account.id,
-        enabled=enabled,
-        threshold=new_threshold if new_threshold is not None else Decimal(0),
-        amount=new_amount if new_amount is not None else config.topup_min,
-    )
-
-
-async def plan_recharge(
-    session: AsyncSession, account_id: uuid.UUID, config: BillingConfig
-) -> RechargePlan | None:
-    """Decide under the settings row lock whether to charge now, and if so record the pending
-    attempt; None when there is nothing to do. The unique partial index on pending attempts is
-    the last word: a second attempt in flight cannot be inserted."""
-    candidate = await repository.lock_recharge_candidate(session, account_id)
-    if (
-        candidate is None
-        or not candidate.enabled
-        or candidate.balance >= candidate.threshold
-        or candidate.in_backoff
-        or candidate.pending
-        or candidate.recent_attempts >= config.recharge_max_per_hour
-        or candidate.customer_id is None
-        or candidate.payment_method_id is None
-    ):
-        return None
-    attempt_id = uuid.uuid4()
-    if not await repository.insert_pending_attempt(
-        session,
-        account_id=account_id,
-        attempt_id=attempt_id,
-        amount=candidate.amount,
-        currency=candidate.currency,
-        customer_id=candidate.customer_id,
-        payment_method_id=candidate.payment_method_id,
-    ):
-        return None
-    return RechargePlan(
-        account_id=account_id,
-        attempt_id=attempt_id,
-        amount=candidate.amount,
-        currency=candidate.currency,
-        customer_id=candidate.customer_id,
-        payment_method_id=candidate.payment_method_id,
-    )
-
-
-async def apply_recharge_intent(
-    session: AsyncSession,
-    plan_account: uuid.UUID,
-    attempt_id: uuid.UUID,
-    intent: dict[str, Any],
-    config: BillingConfig,
-) -> Outcome:
-    """What Stripe's answer to the off-session charge means for the attempt."""
-    fields = Fields(intent, "payment_intent")
-    status = fields.text("status")
-    payment_intent_id = fields.id()
-    await repository.set_attempt_intent(
-        session, account_id=plan_account, attempt_id=attempt_id, payment_intent_id=payment_intent_id
-    )
-    if status == "succeeded":
-        return await credit_recharge_intent(session, fields)
-    if status in ("requires_payment_method", "requires_action", "canceled"):
-        error = fields.nested("last_payment_error")
-        return await fail_recharge(
-            session,
-            account_id=plan_account,
-            attempt_id=attempt_id,
-            payment_intent_id=payment_intent_id,
-            reason=error.optional_text("message") or f"payment intent {status}",
-            config=config,
-        )
-    return Outcome.PENDING  # processing: the webhook reports the outcome
-
-
 # ── small parsers ───────────────────────────────────────────────────────────────────────────
 
 
@@ -584,16 +399,16 @@ async def _amount_in_account_currency(
     amount_minor: int,
     currency: str,
     source: str,
-) -> Decimal | Outcome:
-    """The amount as an exact Decimal if it is in the account's currency (the ledger has one
-    currency and Tollgate never converts); else the outcome to record."""
+) -> Decimal:
+    """The amount as an exact Decimal in the account's currency (the ledger has one currency
+    and Tollgate never converts); refused for an unknown account or another currency."""
     account_currency = await repository.account_currency(session, account_id)
     if account_currency is None:
         logger.warning("%s names account %s, which does not exist", source, account_id)
-        return Outcome.UNKNOWN_ACCOUNT
+        raise EventRefused(Outcome.UNKNOWN_ACCOUNT)
     if currency != account_currency:
         logger.error(
             "%s is in %s, account %s is in %s", source, currency, account_id, account_currency
         )
-        return Outcome.CURRENCY_MISMATCH
+        raise EventRefused(Outcome.CURRENCY_MISMATCH)
     return from_minor(amount_minor, currency)
