@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.job_state import JobName, watermark_sql
 from app.db.models import Account, ApiKey
 
 
@@ -37,10 +38,9 @@ async def active_account(
 # event, and the events ingested since the rollup watermark. Both are index range scans of this
 # account only.
 LAST_USED_SQL = text(
-    """
+    f"""
     WITH mark AS (
-        SELECT coalesce(max(watermark), '-infinity') AS settled
-        FROM job_state WHERE name = 'usage_rollups'
+        SELECT {watermark_sql(JobName.USAGE_ROLLUPS)} AS settled
     ), rolled AS (
         SELECT r.api_key_id, max(r.bucket) AS bucket
         FROM usage_rollups r
