@@ -14,6 +14,7 @@ import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings, load_settings
+from app.credits.schemas import CREDIT_KINDS, LedgerKind
 from app.db import migrate
 from app.db.embedded import start_embedded_postgres
 from app.db.engine import create_engine, create_sessionmaker
@@ -169,7 +170,10 @@ def credits() -> None:
 @click.argument("account")
 @click.argument("amount")
 @click.option(
-    "--kind", type=click.Choice(["purchase", "grant"]), default="purchase", show_default=True
+    "--kind",
+    type=click.Choice([kind.value for kind in CREDIT_KINDS]),
+    default=LedgerKind.PURCHASE.value,
+    show_default=True,
 )
 @click.option(
     "--reference", default=None, help="Idempotency key: a repeated reference is not credited twice."

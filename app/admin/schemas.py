@@ -6,6 +6,8 @@ from typing import Annotated
 
 import msgspec
 
+from app.credits.schemas import LedgerKind
+
 # Stored text: JSON allows NUL ("\u0000"), Postgres text does not, so it is a 400 here rather
 # than a database error.
 Text = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$")]
@@ -22,6 +24,6 @@ class CreateKey(msgspec.Struct, forbid_unknown_fields=True):
 
 class AddCredit(msgspec.Struct, forbid_unknown_fields=True):
     amount: str | int
-    kind: str = "purchase"
+    kind: str = LedgerKind.PURCHASE.value
     reference: Text | None = None
     description: Text | None = None

@@ -28,7 +28,7 @@ async def append_entry(
     session: AsyncSession,
     *,
     account_id: uuid.UUID,
-    kind: LedgerKind | str,
+    kind: LedgerKind,
     amount: Decimal,
     reference: str,
     description: str | None = None,
@@ -39,7 +39,6 @@ async def append_entry(
     Returns None when an entry with this reference already exists: the unique constraint on
     (account_id, reference) makes every retried credit a no-op, also under concurrency (a
     second inserter waits on the index until the first commits, then does nothing)."""
-    kind = LedgerKind(kind)
     entry_id = uuid.uuid4()
     inserted = await session.scalar(
         insert(LedgerEntry)

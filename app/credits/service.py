@@ -10,12 +10,11 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.credits import repository
+from app.credits.schemas import CREDIT_KINDS, LedgerKind
 from app.credits.tiers import TierTable
 from app.db.models import Account, LedgerEntry
 from app.errors import InvalidRequest, NotFound
 from app.money import ledger_amount_problem, money_str
-
-CREDIT_KINDS = ("purchase", "grant")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +28,13 @@ async def add_credit(
     account_id: uuid.UUID,
     *,
     amount: Decimal,
-    kind: str,
+    kind: LedgerKind | str,
     reference: str | None,
     description: str | None = None,
 ) -> CreditResult:
     if kind not in CREDIT_KINDS:
         raise InvalidRequest(f"kind must be one of {', '.join(CREDIT_KINDS)}", param="kind")
+    kind = LedgerKind(kind)
     if not amount.is_finite() or amount <= 0:
         raise InvalidRequest("amount must be a positive decimal string", param="amount")
     if problem := ledger_amount_problem(amount):

@@ -26,9 +26,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.credits.schemas import LedgerKind
 from app.db.base import Base, Money
 
-LEDGER_KINDS = ("purchase", "grant", "usage", "refund", "adjustment")
+LEDGER_KINDS = tuple(kind.value for kind in LedgerKind)
 
 
 class Account(Base):

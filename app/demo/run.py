@@ -21,6 +21,7 @@ from app.accounts import repository as accounts_repository
 from app.accounts import service as accounts
 from app.config import load_settings
 from app.credits import service as credits
+from app.credits.schemas import LedgerKind
 from app.db import migrate
 from app.db.embedded import start_embedded_postgres
 from app.db.engine import create_engine, create_sessionmaker
@@ -47,7 +48,7 @@ async def _seed(database_url: str, known: uuid.UUID | None) -> tuple[str, str]:
                 session,
                 account.id,
                 amount=Decimal(DEMO_CREDIT),
-                kind="grant",
+                kind=LedgerKind.GRANT,
                 reference="demo-welcome-credit",
                 description="Demo credit",
             )
