@@ -17,7 +17,7 @@ from app.config import Settings, load_settings
 from app.credits.schemas import CREDIT_KINDS, LedgerKind
 from app.db import migrate
 from app.db.embedded import start_embedded_postgres
-from app.db.engine import create_engine, create_sessionmaker
+from app.db.engine import create_engine, create_sessionmaker, unit_of_work
 from app.errors import TollgateError
 
 T = TypeVar("T")
@@ -43,7 +43,7 @@ def run_in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaita
     async def main() -> T:
         engine = create_engine(url, pool_size=1)
         try:
-            async with create_sessionmaker(engine)() as session, session.begin():
+            async with unit_of_work(create_sessionmaker(engine)) as session:
                 return await work(session)
         finally:
             await engine.dispose()

@@ -24,7 +24,7 @@ from app.credits import service as credits
 from app.credits.schemas import LedgerKind
 from app.db import migrate
 from app.db.embedded import start_embedded_postgres
-from app.db.engine import create_engine, create_sessionmaker
+from app.db.engine import create_engine, create_sessionmaker, unit_of_work
 
 DEMO_CREDIT = "10.00"
 
@@ -40,7 +40,7 @@ async def _seed(database_url: str, known: uuid.UUID | None) -> tuple[str, str]:
     """The demo account (made once, then found again by id) and a fresh key for this run."""
     engine = create_engine(database_url, pool_size=1)
     try:
-        async with create_sessionmaker(engine)() as session, session.begin():
+        async with unit_of_work(create_sessionmaker(engine)) as session:
             account = await accounts_repository.get_account(session, known) if known else None
             if account is None:
                 account = await accounts.create_account(session, name="Demo", email=None)

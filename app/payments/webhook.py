@@ -118,16 +118,11 @@ async def credit_checkout_session(
     if account_id is None:
         logger.warning("Checkout Session %s names no Tollgate account", session_id)
         return Outcome.UNKNOWN_ACCOUNT
-    amount = await _amount_in_account_currency(
-        session, account_id, amount_minor, currency, session_id
-    )
-    if amount <= 0:
-        return Outcome.NOTHING_PAID
-    entry = await ledger.append_entry(
+    outcome = await _credit_payment(
         session,
         account_id=account_id,
-        kind=LedgerKind.PURCHASE,
-        amount=amount,
+        amount_minor=amount_minor,
+        currency=currency,
         reference=f"stripe:cs:{session_id}",
         description="Top-up through Stripe Checkout",
         details={
@@ -137,16 +132,51 @@ async def credit_checkout_session(
             "currency": currency,
             "event": event_id,
         },
+        payment_intent_id=payment_intent_id,
+        source="checkout",
+        checkout_session_id=session_id,
     )
-    if customer_id is not None:
+    if outcome is not Outcome.NOTHING_PAID and customer_id is not None:
         await repository.remember_customer(session, account_id=account_id, customer_id=customer_id)
+    return outcome
+
+
+async def _credit_payment(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    amount_minor: int,
+    currency: str,
+    reference: str,
+    description: str,
+    details: dict[str, object],
+    payment_intent_id: str | None,
+    source: str,
+    checkout_session_id: str | None,
+) -> Outcome:
+    """One `purchase` of a paid Stripe payment, once per `reference`, and the payment recorded
+    so that its refunds and disputes can be matched to it."""
+    amount = await _amount_in_account_currency(
+        session, account_id, amount_minor, currency, reference
+    )
+    if amount <= 0:
+        return Outcome.NOTHING_PAID
+    entry = await ledger.append_entry(
+        session,
+        account_id=account_id,
+        kind=LedgerKind.PURCHASE,
+        amount=amount,
+        reference=reference,
+        description=description,
+        details=details,
+    )
     if payment_intent_id is not None:
         await repository.insert_payment(
             session,
             account_id=account_id,
             payment_intent_id=payment_intent_id,
-            source="checkout",
-            checkout_session_id=session_id,
+            source=source,
+            checkout_session_id=checkout_session_id,
             currency=currency,
             amount_minor=amount_minor,
         )
@@ -287,16 +317,11 @@ async def credit_recharge_intent(session: AsyncSession, intent: Fields) -> Outco
     account_id = _account_of(None, metadata)
     if account_id is None:
         return Outcome.UNKNOWN_ACCOUNT
-    amount = await _amount_in_account_currency(
-        session, account_id, received, currency, payment_intent_id
-    )
-    if amount <= 0:
-        return Outcome.NOTHING_PAID
-    entry = await ledger.append_entry(
+    outcome = await _credit_payment(
         session,
         account_id=account_id,
-        kind=LedgerKind.PURCHASE,
-        amount=amount,
+        amount_minor=received,
+        currency=currency,
         reference=f"stripe:pi:{payment_intent_id}",
         description="Auto-recharge",
         details={
@@ -304,16 +329,12 @@ async def credit_recharge_intent(session: AsyncSession, intent: Fields) -> Outco
             "amount_minor": received,
             "currency": currency,
         },
-    )
-    await repository.insert_payment(
-        session,
-        account_id=account_id,
         payment_intent_id=payment_intent_id,
         source="auto_recharge",
         checkout_session_id=None,
-        currency=currency,
-        amount_minor=received,
     )
+    if outcome is Outcome.NOTHING_PAID:
+        return outcome
     if await repository.finish_attempt(
         session,
         account_id=account_id,
@@ -322,7 +343,7 @@ async def credit_recharge_intent(session: AsyncSession, intent: Fields) -> Outco
         status="succeeded",
     ):
         await repository.reset_recharge_failures(session, account_id)
-    return Outcome.CREDITED if entry is not None else Outcome.ALREADY_CREDITED
+    return outcome
 
 
 async def payment_intent_failed(
