@@ -64,13 +64,16 @@ class InvalidRequest(TollgateError):
 
 
 class InvalidJson(InvalidRequest):
-    """A body that is not JSON at all (OpenAI's words)."""
+    """A body that is not JSON at all (OpenAI's words), or nested deeper than a parser's stack
+    (`RecursionError` while decoding or re-encoding it): no real request nests that deep."""
 
     code = "invalid_json"
 
-    def __init__(self) -> None:
+    def __init__(self, *, too_deep: bool = False) -> None:
         super().__init__(
-            "We could not parse the JSON body of your request. The body must be valid JSON."
+            "The JSON body of your request is nested too deeply."
+            if too_deep
+            else "We could not parse the JSON body of your request. The body must be valid JSON."
         )
 
 

@@ -34,6 +34,7 @@ from app.credits.tiers import TierTable
 from app.errors import (
     ClientDisconnected,
     InsufficientQuota,
+    InvalidJson,
     InvalidRequest,
     TollgateError,
     UpstreamTimeout,
@@ -379,7 +380,11 @@ async def _read_body(request: Request[Any, Any, Any]) -> bytes:
 
 
 def _inspect_json(endpoint: str, raw: bytes, default_max_tokens: int) -> rq.ProxyRequest:
-    return rq.inspect_json(endpoint, rq.parse_json_body(raw), default_max_tokens)
+    body = rq.parse_json_body(raw)
+    try:
+        return rq.inspect_json(endpoint, body, default_max_tokens)
+    except RecursionError:  # re-encoding a part for its count, deeper than the decoder went
+        raise InvalidJson(too_deep=True) from None
 
 
 async def _inspect_multipart(request: Request[Any, Any, Any]) -> rq.ProxyRequest:

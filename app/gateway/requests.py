@@ -53,6 +53,8 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError:
         raise InvalidJson() from None
+    except RecursionError:
+        raise InvalidJson(too_deep=True) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     return body

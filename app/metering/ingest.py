@@ -90,7 +90,12 @@ def decode_batch(body: bytes) -> list[IngestEvent]:
         pass  # find every bad event below, not only the first
     except msgspec.DecodeError:
         raise InvalidJson() from None
-    raw = msgspec.json.decode(body)
+    except RecursionError:
+        raise InvalidJson(too_deep=True) from None
+    try:
+        raw = msgspec.json.decode(body)
+    except RecursionError:  # the typed decode stopped at a type error before this depth
+        raise InvalidJson(too_deep=True) from None
     if not isinstance(raw, dict) or set(raw) != {"events"} or not isinstance(raw["events"], list):
         raise InvalidRequest(
             'The body must be an object with one field, "events": a list of events.',

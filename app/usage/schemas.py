@@ -59,6 +59,8 @@ def parse_usage_query(body: bytes, *, fields: tuple[str, ...], now: datetime) ->
         raw = msgspec.json.decode(body)
     except msgspec.DecodeError:
         raise InvalidJson() from None
+    except RecursionError:
+        raise InvalidJson(too_deep=True) from None
     if not isinstance(raw, dict):
         raise InvalidRequest("The body must be a JSON object.", code="invalid_type")
     for name in raw:

@@ -501,3 +501,34 @@ async def test_an_unreadable_upload_is_held_at_the_lowest_bitrate_and_charged_by
     assert response.status_code == 200, response.text
     [event] = await events(clean_db, account["id"])
     assert (event.audio_seconds, event.usage_source) == (4, "estimated")
+
+
+@pytest.mark.parametrize("depth", [997, 5000])
+async def test_json_nested_deeper_than_a_parser_goes_is_a_400(
+    depth: int, raw: httpx.AsyncClient, admin: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    # 5,000 levels fail msgspec's decoder; 997 (its most, called from the top of a stack) pass
+    # it, or not, but never the re-encoding that counts a tool's tokens. Both were 500s.
+    nested = "[" * depth + "]" * depth
+    chat = (
+        '{"model": "llama-3.3-70b", "messages": [{"role": "user", "content": "Hi"}], "tools": '
+        + nested
+        + "}"
+    )
+    usage = '{"start_time": "2025-01-01T00:00:00Z", "group_by": ' + nested + "}"
+    events = '{"events": [' + nested + "]}"
+    for client, path, body in (
+        (raw, "/v1/chat/completions", chat),
+        (raw, "/v1/usage/completions", usage),
+        (admin, "/admin/events", events),
+    ):
+        response = await client.post(
+            path, content=body.encode(), headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error"]["code"] in (
+            "invalid_json",
+            "invalid_events",
+            "invalid_type",
+        )
+    assert upstream.requests == []
