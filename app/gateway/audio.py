@@ -12,13 +12,19 @@ import mutagen
 
 logger = logging.getLogger(__name__)
 
-# When the container cannot be read (WebM, say), the most seconds a number of bytes can hold:
-# speech codecs go down to ~8 kbit/s (Opus, AMR-WB), so 1 kB per second errs high.
+# The most seconds a number of bytes can hold: speech codecs go down to ~8 kbit/s (Opus,
+# AMR-WB), so 1 kB per second errs high. A hold never assumes less audio than this, whatever
+# the container says: its header is written by the client (an MP3's Xing frame count can say
+# one frame in front of ten minutes of them).
 FLOOR_BYTES_PER_SECOND = 1_000
+# A length implying more bytes per second than uncompressed 96 kHz 24-bit stereo (576 kB/s)
+# is not believed.
+CEILING_BYTES_PER_SECOND = 600_000
 
 
 def duration(data: bytes) -> float | None:
-    """Seconds of audio in `data`, or None if mutagen cannot read its container."""
+    """Seconds of audio in `data` as its container says, or None if mutagen cannot read it
+    or the length is implausibly short for the bytes."""
     try:
         parsed = mutagen.File(io.BytesIO(data))
     except Exception:  # mutagen raises a zoo of errors on malformed files
@@ -27,13 +33,16 @@ def duration(data: bytes) -> float | None:
     length = getattr(getattr(parsed, "info", None), "length", None)
     if not isinstance(length, int | float) or not length >= 0 or length == float("inf"):
         return None
+    if length * CEILING_BYTES_PER_SECOND < len(data):
+        logger.debug("audio container claims %s s for %d bytes: not believed", length, len(data))
+        return None
     return float(length)
 
 
-def most_seconds(data: bytes) -> float:
-    """Seconds for a hold: the container's length, else the most the bytes can hold."""
-    seconds = duration(data)
-    return seconds if seconds is not None else len(data) / FLOOR_BYTES_PER_SECOND
+def most_seconds(data: bytes, measured: float | None) -> float:
+    """Seconds for a hold: at least the most the bytes can hold at the lowest bitrate, more if
+    the container says so (a lower bitrate still)."""
+    return max(measured or 0.0, len(data) / FLOOR_BYTES_PER_SECOND)
 
 
 def base64_duration(data: str) -> float:
@@ -42,4 +51,4 @@ def base64_duration(data: str) -> float:
         raw = binascii.a2b_base64(data)
     except (binascii.Error, ValueError):
         return len(data) * 3 / 4 / FLOOR_BYTES_PER_SECOND
-    return most_seconds(raw)
+    return most_seconds(raw, duration(raw))

@@ -59,8 +59,10 @@ _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 # Bodies larger than this are inspected (parsed and their prompt counted) off the event loop,
-# so a 25 MB prompt does not stall every other request while its tokens are counted.
+# so a 25 MB prompt does not stall every other request while its tokens are counted; so are
+# bodies of many messages or tools (each a tokenizer call, 32,000 of them in 256 kB).
 INSPECT_INLINE_BYTES = 256 * 1024
+INSPECT_INLINE_PARTS = 256
 
 # Not forwarded upstream: hop-by-hop headers (RFC 9110 §7.6.1), the client's credentials and
 # identity at OpenAI, and what the HTTP client sets itself.
@@ -159,12 +161,8 @@ class Gateway:
         raw = await _read_body(request)
         if endpoint == rq.TRANSCRIPTIONS:
             proxy_request = await _inspect_multipart(request)
-        elif len(raw) <= INSPECT_INLINE_BYTES:
-            proxy_request = _inspect_json(endpoint, raw, self.settings.default_max_tokens)
         else:
-            proxy_request = await asyncio.to_thread(
-                _inspect_json, endpoint, raw, self.settings.default_max_tokens
-            )
+            proxy_request = await _inspect(endpoint, raw, self.settings.default_max_tokens)
         # Unpriced models are refused before anything is held or forwarded.
         resolved = self.catalog.resolve(proxy_request.model, datetime.now(UTC))
         estimate = estimate_usage(proxy_request, resolved)
@@ -222,7 +220,10 @@ class Gateway:
                 options = dict(body.get("stream_options") or {})
                 options["include_usage"] = True
                 body["stream_options"] = options
-            content = _encode(body)
+            try:
+                content = _encode(body)
+            except RecursionError:  # decoded off the event loop, on a shallower stack
+                raise InvalidJson(too_deep=True) from None
         is_json = call.request.body is not None
         headers = [
             (name, value)
@@ -379,8 +380,23 @@ async def _read_body(request: Request[Any, Any, Any]) -> bytes:
         raise ClientDisconnected("The client disconnected before sending its request.") from None
 
 
-def _inspect_json(endpoint: str, raw: bytes, default_max_tokens: int) -> rq.ProxyRequest:
+async def _inspect(endpoint: str, raw: bytes, default_max_tokens: int) -> rq.ProxyRequest:
+    if len(raw) > INSPECT_INLINE_BYTES:
+        return await asyncio.to_thread(_inspect_json, endpoint, raw, default_max_tokens)
     body = rq.parse_json_body(raw)
+    parts = sum(
+        len(value) for key in ("messages", "tools") if isinstance(value := body.get(key), list)
+    )
+    if parts > INSPECT_INLINE_PARTS:
+        return await asyncio.to_thread(_inspect_body, endpoint, body, default_max_tokens)
+    return _inspect_body(endpoint, body, default_max_tokens)
+
+
+def _inspect_json(endpoint: str, raw: bytes, default_max_tokens: int) -> rq.ProxyRequest:
+    return _inspect_body(endpoint, rq.parse_json_body(raw), default_max_tokens)
+
+
+def _inspect_body(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> rq.ProxyRequest:
     try:
         return rq.inspect_json(endpoint, body, default_max_tokens)
     except RecursionError:  # re-encoding a part for its count, deeper than the decoder went

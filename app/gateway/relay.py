@@ -60,7 +60,7 @@ class SseInspector:
             return b""
         try:
             chunk = _decode(payload)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return event
         if not isinstance(chunk, dict):
             return event

@@ -38,6 +38,7 @@ class ProxyRequest:
     n: int = 1
     max_output_tokens: int = 0  # per choice
     prompt_tokens: int = 0  # the gateway's own count of the prompt
+    prompt_unmeasured: bool = False  # it references content the gateway cannot count
     images_in: int = 0
     images_out: int = 0
     image_size: str | None = None
@@ -143,7 +144,9 @@ def inspect_json(endpoint: str, body: dict[str, Any], default_max_tokens: int) -
                 code="invalid_value",
             )
         _stream_flags(body, request)
-        request.prompt_tokens, request.images_in = tokens.count_chat(body, messages)
+        prompt = tokens.count_chat(body, messages)
+        request.prompt_tokens, request.images_in = prompt.tokens, prompt.images
+        request.prompt_unmeasured = prompt.unmeasured
         request.n = _optional_int(body, "n", minimum=1, maximum=MAX_N) or 1
         cap = _output_cap(body, "max_completion_tokens", "max_tokens", minimum=1)
         request.max_output_tokens = cap or default_max_tokens
@@ -193,13 +196,13 @@ def inspect_transcription(
         )
     request = ProxyRequest(endpoint=TRANSCRIPTIONS, model=model, body=None)
     request.user = _user(form)
+    # Billed per started second, as providers bill audio.
     if measured_seconds is not None:
-        # Billed per started second, as providers bill audio.
         request.audio_seconds_charged = max(1, math.ceil(measured_seconds))
-        request.audio_seconds_hold = request.audio_seconds_charged
     else:
         request.audio_seconds_charged = max(1, -(-upload_bytes // AUDIO_BYTES_PER_SECOND))
-        request.audio_seconds_hold = max(1, math.ceil(upload_bytes / audio.FLOOR_BYTES_PER_SECOND))
+    most = max(measured_seconds or 0.0, upload_bytes / audio.FLOOR_BYTES_PER_SECOND)
+    request.audio_seconds_hold = max(1, math.ceil(most))
     return request
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
 
@@ -20,6 +21,9 @@ from app.gateway import audio
 # OpenAI's accounting for chat framing: a few tokens per message and for the reply's priming.
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_REPLY = 3
+# What chat templates add once per request (Llama 3's system header with its knowledge-cutoff
+# and today's date is ~25 tokens).
+TOKENS_PER_TEMPLATE = 32
 # An audio input part, per second of audio: above the audio models' published rates (OpenAI
 # ~10/s, Whisper's encoder 50 frames/s pooled to 25, Gemini 32).
 AUDIO_TOKENS_PER_SECOND = 32
@@ -52,8 +56,14 @@ def count_text(text: str) -> int:
 
 
 _PLAIN_MESSAGE = frozenset({"role", "content"})
-# Roles, names and tool-choice words repeat across requests.
-_count_short = lru_cache(maxsize=4096)(count_text)
+# Roles and tool-choice words repeat across requests; only short ones are kept (a client's
+# 10 MB `role` must not stay in memory).
+_SHORT = 64
+_count_cached = lru_cache(maxsize=4096)(count_text)
+
+
+def _count_short(text: str) -> int:
+    return _count_cached(text) if len(text) <= _SHORT else count_text(text)
 
 
 def count_json(value: Any) -> int:
@@ -63,12 +73,22 @@ def count_json(value: Any) -> int:
     return count_text(json.dumps(value, ensure_ascii=False))
 
 
-def count_chat(body: dict[str, Any], messages: list[Any]) -> tuple[int, int]:
-    """(prompt tokens, image_url parts) of a chat request: every message part and every
-    request field an upstream bills as input; images are counted, their tokens are the
-    model's allowance (added by the caller, who knows the model)."""
-    tokens = TOKENS_PER_REPLY
-    images = 0
+@dataclass(slots=True)
+class PromptCount:
+    """The gateway's count of a chat prompt: its tokens, its images (whose tokens are the
+    model's allowance, added by the caller, who knows the model), and whether it references
+    content the gateway cannot measure (a file by id, audio or video by URL), which may then
+    fill the model's context."""
+
+    tokens: int = TOKENS_PER_REPLY + TOKENS_PER_TEMPLATE
+    images: int = 0
+    unmeasured: bool = False
+
+
+def count_chat(body: dict[str, Any], messages: list[Any]) -> PromptCount:
+    """Every message part and every request field an upstream bills as input."""
+    count = PromptCount()
+    tokens = 0
     for message in messages:
         if not isinstance(message, dict):
             continue
@@ -77,9 +97,7 @@ def count_chat(body: dict[str, Any], messages: list[Any]) -> tuple[int, int]:
         if isinstance(content, str):
             tokens += count_text(content)
         elif isinstance(content, list):
-            part_tokens, part_images = _count_parts(content)
-            tokens += part_tokens
-            images += part_images
+            tokens += _count_parts(content, count)
         elif content is not None:
             tokens += count_json(content)
         role = message.get("role")
@@ -94,12 +112,16 @@ def count_chat(body: dict[str, Any], messages: list[Any]) -> tuple[int, int]:
         value = body.get(field)
         if value is not None:
             tokens += _count_short(value) if isinstance(value, str) else count_json(value)
-    return tokens, images
+    count.tokens += tokens
+    return count
 
 
-def _count_parts(parts: list[Any]) -> tuple[int, int]:
+# Part types whose content a request may only reference, not carry.
+_REFERENCE_KEYS = frozenset({"file_id", "url", "video_url", "audio_url", "file_url"})
+
+
+def _count_parts(parts: list[Any], count: PromptCount) -> int:
     tokens = 0
-    images = 0
     for part in parts:
         if isinstance(part, str):
             tokens += count_text(part)
@@ -108,7 +130,7 @@ def _count_parts(parts: list[Any]) -> tuple[int, int]:
             continue
         kind = part.get("type")
         if kind == "image_url":
-            images += 1
+            count.images += 1
         elif kind == "input_audio":
             tokens += _audio_part_tokens(part.get("input_audio"))
         elif isinstance(part.get("text"), str) and len(part) <= 2:
@@ -116,8 +138,21 @@ def _count_parts(parts: list[Any]) -> tuple[int, int]:
         elif kind == "refusal" and isinstance(part.get("refusal"), str) and len(part) <= 2:
             tokens += count_text(part["refusal"])
         else:
-            tokens += count_json(part)  # files and part types this gateway does not know
-    return tokens, images
+            # Files and part types this gateway does not know, as JSON; one that names its
+            # content instead of carrying it cannot be measured.
+            tokens += count_json(part)
+            if _references_content(part):
+                count.unmeasured = True
+    return tokens
+
+
+def _references_content(part: dict[str, Any]) -> bool:
+    kind = part.get("type")
+    inner = part.get(kind) if isinstance(kind, str) else None
+    for fields in (part, inner):
+        if isinstance(fields, dict) and not _REFERENCE_KEYS.isdisjoint(fields):
+            return True
+    return False
 
 
 def _audio_part_tokens(audio_part: Any) -> int:

@@ -30,9 +30,21 @@ def _image_tokens(resolved: ResolvedModel) -> int:
     return DEFAULT_IMAGE_TOKENS if allowance is None else allowance
 
 
+# The context assumed for a model whose rate table gives none, when a prompt references content
+# the gateway cannot count.
+DEFAULT_CONTEXT_TOKENS = 131_072
+
+
 def prompt_estimate(request: rq.ProxyRequest, resolved: ResolvedModel) -> int:
-    """The gateway's count of a prompt, its images at the model's per-image allowance."""
-    return request.prompt_tokens + request.images_in * _image_tokens(resolved)
+    """The most prompt tokens a request can be billed, for its hold: the gateway's count with
+    images at the model's per-image allowance, and never more than the model's context holds
+    (an upstream refuses a longer prompt). A prompt referencing content the gateway cannot
+    count (a file by id, audio or video by URL) may fill that context."""
+    estimate = request.prompt_tokens + request.images_in * _image_tokens(resolved)
+    context = resolved.prices.context_length
+    if request.prompt_unmeasured:
+        return max(estimate, context or DEFAULT_CONTEXT_TOKENS)
+    return estimate if context is None else min(estimate, context)
 
 
 def estimate_usage(request: rq.ProxyRequest, resolved: ResolvedModel) -> Usage:
@@ -72,10 +84,12 @@ def _token_usage(
             ),
             UsageSource.UPSTREAM,
         )
+    # The gateway's own count: images are charged by the model's per-image price, not by the
+    # hold's allowance.
     return MeteredUsage(
         Usage(
             endpoint=request.endpoint,
-            prompt_tokens=prompt_estimate(request, resolved),
+            prompt_tokens=request.prompt_tokens,
             completion_tokens=delivered_tokens(),
             images_in=request.images_in,
         ),
@@ -131,7 +145,7 @@ def usage_from_body(request: rq.ProxyRequest, resolved: ResolvedModel, body: byt
         )
     try:
         parsed = _decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # counted by the gateway instead
         parsed = None
     document = parsed if isinstance(parsed, dict) else {}
     reported = document.get("usage") if isinstance(document.get("usage"), dict) else None

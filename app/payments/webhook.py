@@ -333,14 +333,19 @@ async def credit_recharge_intent(session: AsyncSession, intent: Fields) -> Outco
         source="auto_recharge",
         checkout_session_id=None,
     )
-    if outcome is Outcome.NOTHING_PAID:
-        return outcome
-    if await repository.finish_attempt(
-        session,
-        account_id=account_id,
-        attempt_id=_uuid(metadata.get("attempt_id")),
-        payment_intent_id=payment_intent_id,
-        status="succeeded",
+    # The attempt is finished either way: left pending, it would block every later recharge
+    # until it went stale.
+    paid = outcome is not Outcome.NOTHING_PAID
+    if (
+        await repository.finish_attempt(
+            session,
+            account_id=account_id,
+            attempt_id=_uuid(metadata.get("attempt_id")),
+            payment_intent_id=payment_intent_id,
+            status="succeeded" if paid else "failed",
+            error=None if paid else "the payment received nothing",
+        )
+        and paid
     ):
         await repository.reset_recharge_failures(session, account_id)
     return outcome
