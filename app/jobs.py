@@ -36,6 +36,8 @@ from app.usage.partitions import maintain_partitions
 logger = logging.getLogger(__name__)
 
 JobBody = Callable[[AsyncSession], Awaitable[object]]
+# A run that opens a unit of work per item itself.
+ItemsBody = Callable[[], Awaitable[object]]
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
@@ -43,7 +45,8 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 class Job:
     name: JobName
     trigger: Any  # an APScheduler trigger
-    body: JobBody
+    body: JobBody | None = None  # works in the run's unit of work
+    items: ItemsBody | None = None  # or: a unit of work per item, under a lock of its own
     exclusive: bool = True  # one instance per run, under the advisory lock
     at_start: bool = False  # also run once right after start
     # Given a run's result, whether to run again at once (a backlog caught up in steps, each
@@ -83,22 +86,22 @@ def default_jobs() -> list[Job]:
 
 def billing_jobs(state: State) -> list[Job]:
     """Jobs of the billing domains. Each item is a unit of work of its own (a failed charge
-    or invoice must not undo the others); the run's session only holds the job's lock."""
+    or invoice must not undo the others, and no transaction is open while Stripe is called)."""
     sessionmaker = state.sessionmaker
 
-    async def invoices(_: AsyncSession) -> object:
+    async def invoices() -> object:
         return await monthly_invoices_job(sessionmaker, billing(state))
 
-    async def recharges(_: AsyncSession) -> object:
+    async def recharges() -> object:
         return await auto_recharger(state).run_due()
 
-    async def stripe_events(_: AsyncSession) -> object:
+    async def stripe_events() -> object:
         return await retry_unprocessed_events(sessionmaker, billing(state))
 
     return [
-        Job(JobName.MONTHLY_INVOICES, IntervalTrigger(hours=1), invoices, at_start=True),
-        Job(JobName.AUTO_RECHARGE, IntervalTrigger(minutes=1), recharges),
-        Job(JobName.STRIPE_EVENT_RETRY, IntervalTrigger(minutes=5), stripe_events),
+        Job(JobName.MONTHLY_INVOICES, IntervalTrigger(hours=1), items=invoices, at_start=True),
+        Job(JobName.AUTO_RECHARGE, IntervalTrigger(minutes=1), items=recharges),
+        Job(JobName.STRIPE_EVENT_RETRY, IntervalTrigger(minutes=5), items=stripe_events),
     ]
 
 
@@ -107,10 +110,17 @@ async def run_job(engine: AsyncEngine, job: Job) -> bool:
     says so. False when another instance holds the job's lock (this run is skipped)."""
     sessionmaker = create_sessionmaker(engine)
     while True:
-        async with unit_of_work(sessionmaker) as session:
-            if job.exclusive and not await job_state.try_lock(session, job.name):
-                return False
-            result = await job.body(session)
+        if job.items is not None:
+            async with job_state.held_outside_transactions(engine, job.name) as taken:
+                if job.exclusive and not taken:
+                    return False
+                result = await job.items()
+        else:
+            assert job.body is not None
+            async with unit_of_work(sessionmaker) as session:
+                if job.exclusive and not await job_state.try_lock(session, job.name):
+                    return False
+                result = await job.body(session)
         logger.debug("job %s done: %s", job.name, result)
         if job.again is None or not job.again(result):
             return True

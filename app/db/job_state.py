@@ -9,12 +9,14 @@ between runs (the rollup watermark, the last reconciliation) is a row of `job_st
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
 class JobName(StrEnum):
@@ -54,6 +56,8 @@ HORIZON_SQL = text(
     """
 )
 TRY_LOCK_SQL = text("SELECT pg_try_advisory_xact_lock(:key)")
+TRY_SESSION_LOCK_SQL = text("SELECT pg_try_advisory_lock(:key)")
+UNLOCK_SQL = text("SELECT pg_advisory_unlock(:key)")
 WATERMARK_SQL = text("SELECT watermark FROM job_state WHERE name = :name FOR UPDATE")
 SET_WATERMARK_SQL = text(
     """
@@ -73,6 +77,24 @@ RESULT_SQL = text("SELECT ran_at, result FROM job_state WHERE name = :name")
 async def try_lock(session: AsyncSession, name: str) -> bool:
     """Take the job's advisory lock for this transaction if no other instance holds it."""
     return bool(await session.scalar(TRY_LOCK_SQL, {"key": lock_key(name)}))
+
+
+@asynccontextmanager
+async def held_outside_transactions(engine: AsyncEngine, name: str) -> AsyncIterator[bool]:
+    """The job's lock for a run that opens a unit of work per item (an invoice per account, a
+    charge per recharge): taken on a connection of its own in autocommit, so no transaction
+    stays open for the run's length (one would hold back the rollup horizon and the invoice
+    cutoff, which wait for the oldest open transaction). Yields whether it was taken; it is
+    released at the end, or when the connection dies with its process."""
+    async with engine.connect() as connection:
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        key = {"key": lock_key(name)}
+        taken = bool(await autocommit.scalar(TRY_SESSION_LOCK_SQL, key))
+        try:
+            yield taken
+        finally:
+            if taken:
+                await autocommit.execute(UNLOCK_SQL, key)
 
 
 async def settled_horizon(session: AsyncSession, lag_seconds: float) -> tuple[datetime, datetime]:

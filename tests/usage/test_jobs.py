@@ -74,6 +74,34 @@ async def test_one_instance_per_run(clean_db: AsyncEngine) -> None:
     assert lock_key("a") != lock_key("b") and lock_key("a") == lock_key("a")
 
 
+async def test_a_run_of_units_of_work_is_exclusive_and_holds_no_transaction_open(
+    clean_db: AsyncEngine,
+) -> None:
+    # Billing jobs open a unit of work per item; the lock of their run must not be a
+    # transaction left open (it would hold back the rollup horizon and invoice cutoffs).
+    ran: list[int] = []
+    seen: list[int] = []
+
+    async def items() -> None:
+        ran.append(1)
+        async with clean_db.connect() as connection:
+            open_elsewhere = await connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+                    " AND query ILIKE '%advisory%'"
+                )
+            )
+        seen.append(int(open_elsewhere or 0))
+        await asyncio.sleep(0.3)
+
+    job = Job("items-test", None, items=items)
+    outcomes = await asyncio.gather(*(run_job(clean_db, job) for _ in range(3)))
+    assert sorted(outcomes) == [False, False, True] and ran == [1]
+    assert seen == [0]
+    assert await run_job(clean_db, job)  # released at the end of the run
+
+
 async def test_watermark_never_passes_an_open_transaction(clean_db: AsyncEngine) -> None:
     """An event whose transaction started before a rollup run but commits after it is neither
     lost nor counted twice: the watermark stops at that transaction's start."""
