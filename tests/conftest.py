@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
@@ -48,8 +49,18 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 async def clean_db(engine: AsyncEngine) -> AsyncEngine:
     """Each test starts from empty tables (schema and migrations stay)."""
     tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
-    async with engine.begin() as connection:
-        await connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+    # The last test's gateway may still be settling a request its client left (a stream cut
+    # short): TRUNCATE locks table by table and can deadlock with that settlement. Postgres
+    # aborts one of the two; the writer retries its own, and so does this.
+    for attempt in range(5):
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+            break
+        except DBAPIError as exc:
+            if attempt == 4 or getattr(exc.orig, "sqlstate", None) != "40P01":
+                raise
+            await asyncio.sleep(0.1)
     return engine
 
 
