@@ -5,8 +5,9 @@ work (`app.db.engine.unit_of_work`) that first takes the job's advisory lock
 (`app.db.job_state`): one instance does the work, the others skip that run. The body works in
 that session, which commits when it returns. A job that needs a transaction per item (an
 invoice per account, a charge per recharge) is given as `items`: it opens a unit of work per
-item itself, under a session advisory lock held outside any transaction. Missed runs are coalesced into one and never replayed; the bodies catch up from
-state in the database (e.g. the rollup watermark) instead.
+item itself, under a session advisory lock held outside any transaction. Missed runs are
+coalesced into one and never replayed; the bodies catch up from state in the database (e.g.
+the rollup watermark) instead.
 """
 
 from __future__ import annotations
