@@ -51,7 +51,7 @@ from app.metering.service import usage_event
 from app.metering.writer import UsageWriter
 from app.middleware import request_id
 from app.money import money_str
-from app.pricing import Catalog, ResolvedModel, price
+from app.pricing import Catalog, Charge, ResolvedModel, price, receipt
 
 logger = logging.getLogger(__name__)
 
@@ -212,9 +212,14 @@ class Gateway:
         )
         content = raw
         body = call.request.body
-        if body is not None and (upstream_model != call.request.model or call.request.stream):
+        accounting = isinstance(body, dict) and isinstance(body.get("usage"), dict)
+        if body is not None and (
+            upstream_model != call.request.model or call.request.stream or accounting
+        ):
             body = dict(body)
             body["model"] = upstream_model
+            if accounting:
+                del body["usage"]
             if call.request.stream:
                 # Ask for usage on the client's behalf; hidden again if it did not ask.
                 options = dict(body.get("stream_options") or {})
@@ -273,16 +278,25 @@ class Gateway:
             response.close()
             raise
         response.release()  # read to the end: the connection goes back to the pool
+        charge = None
         if response.status >= 400:
             # Passed through as it came; nothing was produced, nothing is charged.
             await self._settle(call, None, RequestOutcome.UPSTREAM_ERROR)
         else:
             usage = usage_from_body(call.request, call.resolved, body)
-            await self._settle(call, usage, RequestOutcome.COMPLETED)
-        return _plain_app(response.status, call.response_headers, body)
+            charge = await self._settle(call, usage, RequestOutcome.COMPLETED)
+            if call.request.wants_receipt and charge is not None:
+                body = _with_receipt(body, charge)
+        cost = money_str(charge.total) if charge is not None else "0.00"
+        headers = [*call.response_headers, (b"x-tollgate-cost", cost.encode())]
+        return _plain_app(response.status, headers, body)
 
     def _stream_app(self, call: Call, response: aiohttp.ClientResponse) -> ASGIApp:
-        inspector = SseInspector(client_wants_usage=call.request.client_wants_usage)
+        # With a receipt, the upstream's usage is held back and sent after the settlement,
+        # with the cost, in a final usage chunk.
+        inspector = SseInspector(
+            client_wants_usage=call.request.client_wants_usage and not call.request.wants_receipt
+        )
         status = response.status
         headers = call.response_headers
 
@@ -327,7 +341,7 @@ class Gateway:
                 usage = (
                     usage_from_stream(call.request, call.resolved, inspector) if produced else None
                 )
-                await self._settle(call, usage, outcome)
+                charge = await self._settle(call, usage, outcome)
             if outcome == RequestOutcome.CLIENT_DISCONNECTED:
                 return
             if outcome in _STREAM_FAILURES:
@@ -335,6 +349,9 @@ class Gateway:
                 failure = _STREAM_FAILURES[outcome]
                 await send({"type": "http.response.body", "body": failure, "more_body": False})
                 return
+            if call.request.wants_receipt and usage is not None and charge is not None:
+                chunk = inspector.usage_chunk(_usage_with_receipt(inspector.usage, usage, charge))
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if inspector.saw_done:
                 await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -343,10 +360,14 @@ class Gateway:
 
     async def _settle(
         self, call: Call, usage: MeteredUsage | None, outcome: RequestOutcome
-    ) -> None:
+    ) -> Charge | None:
+        """Settle the call (its one settlement); returns what it was charged, if anything."""
         call.settled = True
         account_id = call.principal.account_id
-        event = None if usage is None else self._event(call, usage, outcome)
+        charge = None if usage is None else price(call.resolved, usage.usage)
+        event = None
+        if usage is not None and charge is not None:
+            event = self._event(call, usage, charge, outcome)
         if event is not None and event.cost > call.hold_amount:
             record_shortfall(call.request_id, call.hold_amount, event.cost, event.currency)
         try:
@@ -355,8 +376,11 @@ class Gateway:
             self.holds.forget(call.hold_id)
         used = 0 if usage is None else usage.usage.prompt_tokens + usage.usage.completion_tokens
         await self.limiter.correct(account_id, call.reserved_tokens, used)
+        return charge
 
-    def _event(self, call: Call, usage: MeteredUsage, outcome: RequestOutcome) -> UsageEventRecord:
+    def _event(
+        self, call: Call, usage: MeteredUsage, charge: Charge, outcome: RequestOutcome
+    ) -> UsageEventRecord:
         return usage_event(
             account_id=call.principal.account_id,
             time=datetime.now(UTC),
@@ -365,7 +389,7 @@ class Gateway:
             user=call.request.user,
             resolved=call.resolved,
             usage=usage.usage,
-            charge=price(call.resolved, usage.usage),
+            charge=charge,
             source=usage.source,
             outcome=outcome,
         )
@@ -454,6 +478,34 @@ def _relayed_headers(
     ]
     relayed.extend((name.encode(), value.encode()) for name, value in limit_headers.items())
     return relayed
+
+
+def _usage_with_receipt(
+    reported: dict[str, Any] | None, usage: MeteredUsage, charge: Charge
+) -> dict[str, Any]:
+    """The usage object a receipt rides on: the upstream's, else the gateway's own count."""
+    if reported is None:
+        counts = usage.usage
+        total = counts.prompt_tokens + counts.completion_tokens
+        reported = {
+            "prompt_tokens": counts.prompt_tokens,
+            "completion_tokens": counts.completion_tokens,
+            "total_tokens": total,
+        }
+    return {**reported, **receipt(charge)}
+
+
+def _with_receipt(body: bytes, charge: Charge) -> bytes:
+    """A JSON reply with the receipt in its `usage` (added when the upstream sent none)."""
+    try:
+        document = _decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return body
+    if not isinstance(document, dict):
+        return body
+    reported = document.get("usage")
+    document["usage"] = {**(reported if isinstance(reported, dict) else {}), **receipt(charge)}
+    return _encode(document)
 
 
 def _plain_app(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> ASGIApp:

@@ -27,6 +27,7 @@ class SseInspector:
         self.usage: dict[str, Any] | None = None
         self.delivered = TextTally()  # tokens of the output delivered, in case of no usage
         self.saw_done = False
+        self.head: dict[str, Any] = {}  # the last chunk's id, object, created and model
         self.events = 0  # data events carrying output, for "did the upstream produce anything"
         self._pending = b""
 
@@ -64,6 +65,9 @@ class SseInspector:
             return event
         if not isinstance(chunk, dict):
             return event
+        for key in ("id", "object", "created", "model"):
+            if key in chunk:
+                self.head[key] = chunk[key]
         choices = chunk.get("choices")
         if isinstance(choices, list):
             for choice in choices:
@@ -81,6 +85,10 @@ class SseInspector:
             return b""  # the usage-only chunk the client did not ask for
         del chunk["usage"]
         return b"data: " + _encode(chunk) + b"\n\n"
+
+    def usage_chunk(self, usage: dict[str, Any]) -> bytes:
+        """A final usage-only chunk, as OpenAI sends one for `include_usage`."""
+        return b"data: " + _encode({**self.head, "choices": [], "usage": usage}) + b"\n\n"
 
     def _collect_text(self, choice: Any) -> None:
         if not isinstance(choice, dict):

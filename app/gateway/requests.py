@@ -35,6 +35,8 @@ class ProxyRequest:
     body: dict[str, Any] | None  # parsed JSON; None for multipart uploads
     stream: bool = False
     client_wants_usage: bool = False
+    # OpenRouter's `"usage": {"include": true}`: the cost in the response's usage (SPEC 3.1).
+    wants_receipt: bool = False
     n: int = 1
     max_output_tokens: int = 0  # per choice
     prompt_tokens: int = 0  # the gateway's own count of the prompt
@@ -135,6 +137,9 @@ def _user(fields: Mapping[str, Any]) -> str | None:
 def inspect_json(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> ProxyRequest:
     model = _require(body, "model", str, "a string")
     request = ProxyRequest(endpoint=endpoint, model=model, body=body, user=_user(body))
+    accounting = body.get("usage")
+    if isinstance(accounting, dict):  # removed before forwarding: no upstream knows it
+        request.wants_receipt = accounting.get("include") is True
     if endpoint == CHAT:
         messages = _require(body, "messages", list, "an array of messages")
         if not messages:

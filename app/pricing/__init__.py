@@ -17,7 +17,7 @@ from app.pricing.catalog import (
 from app.pricing.charge import Charge, ChargeLine, image_price, price
 from app.pricing.listing import catalog_as_json, render_catalog_table
 from app.pricing.loader import PricingConfigError, load_catalog
-from app.pricing.serialize import charge_json, charge_to_json, format_money
+from app.pricing.serialize import charge_json, charge_to_json, format_money, receipt
 from app.pricing.usage import Endpoint, Usage
 
 __all__ = [
@@ -39,5 +39,6 @@ __all__ = [
     "image_price",
     "load_catalog",
     "price",
+    "receipt",
     "render_catalog_table",
 ]

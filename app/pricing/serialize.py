@@ -47,6 +47,32 @@ def charge_to_json(charge: Charge) -> dict[str, Any]:
     return document
 
 
+# A receipt's `cost_details` (OpenRouter's names): each charge line's kind under its detail.
+_DETAILS = {
+    "input_tokens": "input",
+    "embedding_tokens": "input",
+    "cached_input_tokens": "cached_input",
+    "output_tokens": "output",
+    "search_requests": "search",
+    "images": "images",
+}
+
+
+def receipt(charge: Charge) -> dict[str, Any]:
+    """A response's receipt (SPEC 3.1): `cost`, `currency`, `price_version` and `cost_details`,
+    decimal strings whose details sum exactly to the cost (all in integer 10⁻¹² units)."""
+    details = dict.fromkeys(("input", "cached_input", "output", "search", "images"), 0)
+    for rate, quantity in charge.items:
+        key = _DETAILS.get(rate.kind, rate.kind)
+        details[key] = details.get(key, 0) + rate.pico_per_unit * quantity
+    return {
+        "cost": _pico_money(sum(details.values())),
+        "currency": charge.currency,
+        "price_version": charge.price_version.isoformat(),
+        "cost_details": {key: _pico_money(pico) for key, pico in details.items()},
+    }
+
+
 @lru_cache(maxsize=1024)
 def _charge_head(model: str, currency: str, version: date) -> str:
     return (
