@@ -34,7 +34,7 @@ from app.health import healthz
 from app.invoices.routes import admin_invoice_routes, invoice_routes
 from app.jobs import Scheduler, billing_jobs, default_jobs
 from app.limits.service import RateLimiter
-from app.metering.routes import ingest_events
+from app.metering.routes import get_generation, ingest_events
 from app.metering.writer import UsageWriter
 from app.middleware import add_request_id
 from app.payments import runtime as payments
@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *proxy_routes,
             *usage_routes,
             ingest_events,
+            get_generation,
             *payment_routes,
             *invoice_routes,
             admin_invoice_routes,

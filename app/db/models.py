@@ -111,6 +111,12 @@ class UsageEvent(Base):
     __tablename__ = "usage_events"
     __table_args__ = (
         Index("ix_usage_events_ingested", "ingested_at"),
+        Index(
+            "ix_usage_events_request",
+            "account_id",
+            "request_id",
+            postgresql_where=text("request_id IS NOT NULL"),
+        ),
         {"postgresql_partition_by": "RANGE (time)"},
     )
 
@@ -135,6 +141,12 @@ class UsageEvent(Base):
     charge: Mapped[list[dict[str, object]]] = mapped_column(JSONB)
     usage_source: Mapped[str] = mapped_column(Text)  # "upstream" | "estimated" | "ingested"
     outcome: Mapped[str] = mapped_column(Text)  # completed | client_disconnected | upstream_error…
+    # Of a proxied request (NULL for ingested events): its x-request-id, for
+    # GET /v1/generations/{id} (a client may reuse one, so not unique), the upstream that served
+    # it and the time from its arrival to its settlement.
+    request_id: Mapped[str | None] = mapped_column(Text)
+    upstream: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
     ingested_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -126,6 +127,8 @@ class Call:
     hold_id: uuid.UUID
     hold_amount: Decimal
     request_id: str
+    started: float  # time.monotonic() at arrival
+    upstream: str | None = None  # the upstream it was sent to
     reserved_tokens: int = 0
     limit_headers: dict[str, str] = field(default_factory=dict)
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -157,6 +160,7 @@ class Gateway:
         self.writer = writer
 
     async def handle(self, request: Request[Any, Any, Any], endpoint: str) -> ASGIApp:
+        started = time.monotonic()
         principal = await self.authenticator.authenticate(request.headers.get("authorization"))
         raw = await _read_body(request)
         if endpoint == rq.TRANSCRIPTIONS:
@@ -185,6 +189,7 @@ class Gateway:
             hold.hold_id,
             hold_amount,
             request_id(request.scope),
+            started,
         )
         try:
             tokens = estimate.prompt_tokens + estimate.completion_tokens
@@ -210,6 +215,7 @@ class Gateway:
         upstream, upstream_model = self.router.route(
             resolved.name, resolved.base, resolved.suffix, call.request.model
         )
+        call.upstream = upstream.name
         content = raw
         body = call.request.body
         accounting = isinstance(body, dict) and isinstance(body.get("usage"), dict)
@@ -392,6 +398,9 @@ class Gateway:
             charge=charge,
             source=usage.source,
             outcome=outcome,
+            request_id=call.request_id,
+            upstream=call.upstream,
+            duration_ms=round((time.monotonic() - call.started) * 1000),
         )
 
 

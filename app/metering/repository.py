@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from datetime import date
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +21,22 @@ ENSURE_PARTITION = DriverStatement.of(ENSURE_PARTITION_SQL)
 
 async def ensure_partition(session: AsyncSession, month: date) -> None:
     await session.execute(ENSURE_PARTITION_SQL, {"month": month})
+
+
+GENERATION_SQL = text(
+    """
+    SELECT * FROM usage_events
+    WHERE account_id = :account_id AND request_id = :request_id
+    ORDER BY time DESC LIMIT 1
+    """
+)
+
+
+async def generation(session: AsyncSession, account_id: uuid.UUID, request_id: str) -> Any:
+    """The account's newest usage event of a request id (a client may send one twice)."""
+    return (
+        await session.execute(GENERATION_SQL, {"account_id": account_id, "request_id": request_id})
+    ).one_or_none()
 
 
 KNOWN_ACCOUNTS_SQL = text("SELECT id FROM accounts WHERE id = ANY(CAST(:ids AS uuid[]))")

@@ -61,6 +61,9 @@ class UsageEventRecord(msgspec.Struct, frozen=True, gc=False, array_like=True):
     charge: msgspec.Raw  # the itemised charge, as JSON
     usage_source: UsageSource
     outcome: RequestOutcome
+    request_id: str | None = None  # a proxied request's x-request-id
+    upstream: str | None = None  # the upstream that served it
+    duration_ms: int | None = None  # from its arrival to its settlement
 
     @property
     def month(self) -> date:
@@ -89,6 +92,9 @@ _COLUMN_TYPES = {
     "charge": "jsonb",
     "usage_source": "text",
     "outcome": "text",
+    "request_id": "text",
+    "upstream": "text",
+    "duration_ms": "integer",
 }
 # The stored columns in the record's field order (a field without a type fails at import).
 EVENT_COLUMNS = tuple((name, _COLUMN_TYPES[name]) for name in UsageEventRecord.__struct_fields__)

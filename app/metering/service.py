@@ -24,6 +24,9 @@ def usage_event(
     charge: Charge,
     source: UsageSource,
     outcome: RequestOutcome,
+    request_id: str | None = None,
+    upstream: str | None = None,
+    duration_ms: int | None = None,
 ) -> UsageEventRecord:
     """The event of `usage` charged `charge` (priced from `resolved`). Only a suffixed model
     (`-online`, `-deep`) searches: its fee is charged per request of the usage."""
@@ -47,4 +50,7 @@ def usage_event(
         charge=msgspec.Raw(charge_json(charge)),
         usage_source=source,
         outcome=outcome,
+        request_id=request_id,
+        upstream=upstream,
+        duration_ms=duration_ms,
     )

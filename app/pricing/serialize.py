@@ -3,6 +3,7 @@ and never exponent notation (`"0.006016"`, not `"6.016E-3"`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date
 from decimal import Decimal
 from functools import lru_cache
@@ -61,16 +62,33 @@ _DETAILS = {
 def receipt(charge: Charge) -> dict[str, Any]:
     """A response's receipt (SPEC 3.1): `cost`, `currency`, `price_version` and `cost_details`,
     decimal strings whose details sum exactly to the cost (all in integer 10⁻¹² units)."""
-    details = dict.fromkeys(("input", "cached_input", "output", "search", "images"), 0)
-    for rate, quantity in charge.items:
-        key = _DETAILS.get(rate.kind, rate.kind)
-        details[key] = details.get(key, 0) + rate.pico_per_unit * quantity
+    details = _details(
+        (rate.kind, rate.pico_per_unit * quantity) for rate, quantity in charge.items
+    )
     return {
         "cost": _pico_money(sum(details.values())),
         "currency": charge.currency,
         "price_version": charge.price_version.isoformat(),
         "cost_details": {key: _pico_money(pico) for key, pico in details.items()},
     }
+
+
+def stored_cost_details(charge: Any) -> dict[str, str]:
+    """`cost_details` of a charge as a usage event stores it (`charge_json`)."""
+    lines = charge.get("lines") if isinstance(charge, dict) else None
+    amounts = (
+        (str(line["kind"]), int(Decimal(line["amount"]) * PICO))
+        for line in (lines if isinstance(lines, list) else ())
+    )
+    return {key: _pico_money(pico) for key, pico in _details(amounts).items()}
+
+
+def _details(amounts: Iterable[tuple[str, int]]) -> dict[str, int]:
+    details = dict.fromkeys(("input", "cached_input", "output", "search", "images"), 0)
+    for kind, pico in amounts:
+        key = _DETAILS.get(kind, kind)
+        details[key] = details.get(key, 0) + pico
+    return details
 
 
 @lru_cache(maxsize=1024)

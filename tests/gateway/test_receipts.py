@@ -116,3 +116,60 @@ async def test_a_stream_without_upstream_usage_gets_the_receipt_of_the_gateways_
     assert usage["prompt_tokens"] == event.prompt_tokens
     assert usage["total_tokens"] == event.prompt_tokens + event.completion_tokens
     _check_receipt(usage, event.cost)
+
+
+async def test_a_generation_is_found_by_its_request_id_by_its_own_account_only(
+    raw: httpx.AsyncClient,
+    admin: httpx.AsyncClient,
+    funded: tuple[dict[str, Any], str],
+    clean_db: AsyncEngine,
+) -> None:
+    response = await raw.post(
+        "/v1/chat/completions",
+        json={"model": "llama-3.3-70b-online", "messages": HELLO, "user": "alice"},
+    )
+    assert response.status_code == 200, response.text
+    request_id = response.headers["x-request-id"]
+    # As soon as the response has ended: no waiting.
+    found = await raw.get(f"/v1/generations/{request_id}")
+    assert found.status_code == 200, found.text
+    data = found.json()["data"]
+    [event] = await events(clean_db, funded[0]["id"])
+    assert data["id"] == request_id
+    assert data["model"] == "llama-3.3-70b-online" and data["endpoint"] == "/v1/chat/completions"
+    assert data["api_key_id"] == str(event.api_key_id) and data["user"] == "alice"
+    assert (data["prompt_tokens"], data["completion_tokens"]) == (
+        event.prompt_tokens,
+        event.completion_tokens,
+    )
+    assert data["search_requests"] == 1 and data["images"] == 0
+    assert data["cost"] == response.headers["x-tollgate-cost"]
+    _check_receipt(data, event.cost)
+    assert (data["usage_source"], data["outcome"]) == ("upstream", "completed")
+    assert data["upstream"] == "default"
+    assert isinstance(data["duration_ms"], int) and data["duration_ms"] >= 0
+    assert data["created"].endswith("Z")
+    # Another account's key sees nothing; an unknown id neither.
+    other = (await admin.post("/admin/accounts", json={"name": "Other"})).json()
+    other_key = (await admin.post(f"/admin/accounts/{other['id']}/keys", json={})).json()["key"]
+    hidden = await raw.get(
+        f"/v1/generations/{request_id}", headers={"Authorization": f"Bearer {other_key}"}
+    )
+    assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "not_found"
+    assert (await raw.get("/v1/generations/req_nope")).status_code == 404
+
+
+async def test_a_streamed_generation_is_found_too(
+    raw: httpx.AsyncClient, funded: tuple[dict[str, Any], str]
+) -> None:
+    async with raw.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={"model": "llama-3.3-70b", "messages": HELLO, "stream": True},
+        headers={"x-request-id": "client-chosen-id-1"},
+    ) as response:
+        assert response.headers["x-request-id"] == "client-chosen-id-1"
+        await response.aread()
+    found = await raw.get("/v1/generations/client-chosen-id-1")
+    assert found.status_code == 200, found.text
+    assert found.json()["data"]["outcome"] == "completed"
