@@ -73,6 +73,12 @@ Try it:
 
   curl {gateway}/v1/account -H "Authorization: Bearer {key}"
 
+Every non-stream response says what it cost (header x-tollgate-cost); add "usage":
+{{"include": true}} to a request for the cost in its usage (streams too), and look a request up
+later by its x-request-id:
+
+  curl {gateway}/v1/generations/<x-request-id> -H "Authorization: Bearer {key}"
+
   python - <<'PY'
   from openai import OpenAI
   client = OpenAI(base_url="{gateway}/v1", api_key="{key}")
