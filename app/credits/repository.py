@@ -2,7 +2,7 @@
 account beside them, and credit holds. Nothing outside `app.credits` writes these tables.
 
 Two statements run on asyncpg directly for speed (the request path's credit hold and the
-usage writer's settlement); asyncpg is used nowhere else outside `app.db.engine`.
+usage writer's settlement); asyncpg is used nowhere outside `app.credits` and `app.db.engine`.
 """
 
 from __future__ import annotations

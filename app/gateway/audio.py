@@ -39,16 +39,16 @@ def duration(data: bytes) -> float | None:
     return float(length)
 
 
-def most_seconds(data: bytes, measured: float | None) -> float:
-    """Seconds for a hold: at least the most the bytes can hold at the lowest bitrate, more if
-    the container says so (a lower bitrate still)."""
-    return max(measured or 0.0, len(data) / FLOOR_BYTES_PER_SECOND)
+def most_seconds(size: int, measured: float | None) -> float:
+    """Seconds for a hold of `size` bytes of audio: at least the most they can hold at the
+    lowest bitrate, more if the container says so (a lower bitrate still)."""
+    return max(measured or 0.0, size / FLOOR_BYTES_PER_SECOND)
 
 
-def base64_duration(data: str) -> float:
+def base64_most_seconds(data: str) -> float:
     """`most_seconds` of a base64 audio input part (undecodable data: by its length)."""
     try:
         raw = binascii.a2b_base64(data)
     except (binascii.Error, ValueError):
         return len(data) * 3 / 4 / FLOOR_BYTES_PER_SECOND
-    return most_seconds(raw, duration(raw))
+    return most_seconds(len(raw), duration(raw))

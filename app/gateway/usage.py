@@ -64,7 +64,6 @@ def estimate_usage(request: rq.ProxyRequest, resolved: ResolvedModel) -> Usage:
 
 def _token_usage(
     request: rq.ProxyRequest,
-    resolved: ResolvedModel,
     reported: dict[str, Any] | None,
     delivered_tokens: Callable[[], int],
 ) -> MeteredUsage:
@@ -107,7 +106,7 @@ def _count(value: object) -> int:
 def usage_from_stream(
     request: rq.ProxyRequest, resolved: ResolvedModel, inspector: SseInspector
 ) -> MeteredUsage:
-    return _token_usage(request, resolved, inspector.usage, inspector.delivered.total)
+    return _token_usage(request, inspector.usage, inspector.delivered.total)
 
 
 def _reported_seconds(reported: dict[str, Any] | None, document: dict[str, Any]) -> float | None:
@@ -172,4 +171,4 @@ def usage_from_body(request: rq.ProxyRequest, resolved: ResolvedModel, body: byt
             Usage(endpoint=endpoint, audio_seconds=request.audio_seconds_charged),
             UsageSource.ESTIMATED,
         )
-    return _token_usage(request, resolved, reported, lambda: delivered_tokens(document))
+    return _token_usage(request, reported, lambda: delivered_tokens(document))
