@@ -13,12 +13,16 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit import service as audit
+from app.audit.service import CLI, Actor, AuditAction
 from app.config import Settings, load_settings
 from app.credits.schemas import CREDIT_KINDS, LedgerKind
 from app.db import migrate
 from app.db.embedded import start_embedded_postgres
 from app.db.engine import create_engine, create_sessionmaker, unit_of_work
 from app.errors import TollgateError
+
+CLI_ACTOR = Actor(CLI)
 
 T = TypeVar("T")
 
@@ -129,7 +133,11 @@ def accounts_create(name: str, email: str | None, as_json: bool) -> None:
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         account = await service.create_account(session, name=name, email=email)
-        return account_view(account, tiers)
+        view = account_view(account, tiers)
+        await audit.record(
+            session, CLI_ACTOR, AuditAction.ACCOUNT_CREATED, account_id=account.id, after=view
+        )
+        return view
 
     view = run_in_transaction(settings, work)
     emit(as_json, view, f"Created account {view['id']} ({view['name']}).")
@@ -143,16 +151,57 @@ def keys() -> None:
 @keys.command(name="create")
 @click.argument("account")
 @click.option("--name", default=None)
+@click.option("--scope", type=click.Choice(["full", "inference"]), default="full")
+@click.option("--spend-limit", default=None, help="Decimal amount per --period.")
+@click.option("--period", type=click.Choice(["day", "week", "month", "total"]), default="month")
+@click.option("--timezone", default="UTC", help="IANA zone of the limit's periods.")
+@click.option("--allowed-model", "allowed_models", multiple=True, help="Repeat for several.")
+@click.option("--expires-at", default=None, help="RFC 3339 time.")
 @json_option
-def keys_create(account: str, name: str | None, as_json: bool) -> None:
+def keys_create(
+    account: str,
+    name: str | None,
+    scope: str,
+    spend_limit: str | None,
+    period: str,
+    timezone: str,
+    allowed_models: tuple[str, ...],
+    expires_at: str | None,
+    as_json: bool,
+) -> None:
     """Create an API key for ACCOUNT (an account id). The key is shown once."""
+    from datetime import UTC, datetime
+
     from app.accounts import service
+    from app.accounts.schemas import KeyFields, key_changes
+    from app.pricing import load_catalog
+
+    settings = load_settings()
+    fields = KeyFields(
+        name=name,
+        scope=scope,
+        spend_limit=None
+        if spend_limit is None
+        else {"amount": spend_limit, "period": period, "timezone": timezone},
+        allowed_models=list(allowed_models) or None,
+        expires_at=expires_at,
+    )
 
     async def work(session: AsyncSession) -> dict[str, Any]:
-        key, plaintext = await service.issue_key(session, _account_id(account), name=name)
-        return service.key_view(key, plaintext)
+        changes = key_changes(fields, load_catalog(settings.pricing_dir), datetime.now(UTC))
+        key, plaintext = await service.issue_key(session, _account_id(account), changes=changes)
+        view = service.key_view(key, await service.get_account(session, key.account_id))
+        await audit.record(
+            session,
+            CLI_ACTOR,
+            AuditAction.KEY_CREATED,
+            account_id=key.account_id,
+            object_id=key.id,
+            after=view,
+        )
+        return {**view, "key": plaintext}
 
-    view = run_in_transaction(load_settings(), work)
+    view = run_in_transaction(settings, work)
     emit(
         as_json,
         view,
@@ -193,7 +242,17 @@ def credits_add(account: str, amount: str, kind: str, reference: str | None, as_
         result = await service.add_credit(
             session, _account_id(account), amount=value, kind=kind, reference=reference
         )
-        return {**service.ledger_entry_view(result.entry), "created": result.created}
+        view = service.ledger_entry_view(result.entry)
+        if result.created:
+            await audit.record(
+                session,
+                CLI_ACTOR,
+                AuditAction.CREDIT_ADDED,
+                account_id=result.entry.account_id,
+                object_id=result.entry.id,
+                after=view,
+            )
+        return {**view, "created": result.created}
 
     view = run_in_transaction(load_settings(), work)
     verb = "Added" if view["created"] else "Already credited (same reference):"

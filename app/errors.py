@@ -94,6 +94,29 @@ class InsufficientQuota(TollgateError):
         self.headers.setdefault("x-should-retry", "false")
 
 
+class SpendLimitExceeded(InsufficientQuota):
+    """A key's or an end user's spend limit does not cover the hold (SPEC 3.6)."""
+
+    def __init__(self, message: str, *, code: str, retry_after: int | None) -> None:
+        super().__init__(message, code=code)
+        if retry_after is not None:
+            self.headers["retry-after"] = str(retry_after)
+
+
+class PermissionDenied(TollgateError):
+    status_code = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class ModelNotAllowed(PermissionDenied):
+    code = "model_not_allowed"
+
+
+class AccountSuspended(PermissionDenied):
+    code = "account_suspended"
+
+
 class NotFound(TollgateError):
     status_code = 404
     type = "invalid_request_error"

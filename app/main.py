@@ -16,6 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from app.accounts.auth import KeyAuthenticator, provide_principal
+from app.accounts.routes import get_key
 from app.admin.routes import admin_router
 from app.config import Settings, load_settings
 from app.credits.holds import HoldKeeper
@@ -130,6 +131,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             admin_router,
             get_account,
             get_credits,
+            get_key,
             list_models,
             retrieve_model,
             *proxy_routes,

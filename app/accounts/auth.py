@@ -12,12 +12,13 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from litestar.connection import ASGIConnection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.accounts import repository
-from app.accounts.keys import KEY_PREFIX, hash_key
+from app.accounts.keys import KEY_PREFIX, KeyScope, hash_key
 from app.errors import InvalidApiKey
 
 
@@ -25,6 +26,14 @@ from app.errors import InvalidApiKey
 class Principal:
     account_id: uuid.UUID
     api_key_id: uuid.UUID
+    scope: KeyScope = KeyScope.FULL
+    allowed_models: frozenset[str] | None = None  # catalog names; None: every model
+    expires_at: datetime | None = None
+
+    def allows(self, name: str, base: str, suffixed: bool) -> bool:
+        """A model by its canonical name as requested; a base name allows its suffixes."""
+        allowed = self.allowed_models
+        return allowed is None or name in allowed or (suffixed and base in allowed)
 
 
 class KeyAuthenticator:
@@ -59,6 +68,12 @@ class KeyAuthenticator:
             raise InvalidApiKey(
                 "Incorrect API key provided. You can find your API key in your dashboard."
             )
+        # Checked on every request, cached or not: an expiry takes effect at its instant.
+        if principal.expires_at is not None and principal.expires_at.timestamp() <= time.time():
+            raise InvalidApiKey(
+                f"This API key expired at {principal.expires_at:%Y-%m-%dT%H:%M:%SZ}. "
+                "Create a new key in your dashboard."
+            )
         return principal
 
     def forget(self, key_hash: bytes) -> None:
@@ -76,7 +91,17 @@ class KeyAuthenticator:
         forgotten = self._forgotten
         async with self._sessionmaker() as session:
             found = await repository.find_active_key(session, key_hash)
-        principal = Principal(api_key_id=found[0], account_id=found[1]) if found else None
+        principal = None
+        if found is not None:
+            principal = Principal(
+                account_id=found.account_id,
+                api_key_id=found.id,
+                scope=KeyScope(found.scope),
+                allowed_models=None
+                if found.allowed_models is None
+                else frozenset(found.allowed_models),
+                expires_at=found.expires_at,
+            )
         if forgotten != self._forgotten:
             return principal  # read before a revocation committed, perhaps: not cached
         if len(self._cache) > 100_000:

@@ -9,9 +9,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from enum import StrEnum
 
 KEY_PREFIX = "tg-"
 DISPLAY_CHARS = 8
+
+
+class KeyScope(StrEnum):
+    """What a key may do (SPEC 3.6)."""
+
+    FULL = "full"  # the API, and the dashboard: keys, limits, top-ups, notifications
+    INFERENCE = "inference"  # the API only
 
 
 @dataclass(frozen=True, slots=True)

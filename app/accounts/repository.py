@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Account, ApiKey
@@ -24,14 +24,34 @@ async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Account |
 
 
 async def insert_key(
-    session: AsyncSession, *, account_id: uuid.UUID, name: str | None, key_hash: bytes, prefix: str
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    name: str | None,
+    key_hash: bytes,
+    prefix: str,
+    scope: str,
+    allowed_models: list[str] | None,
+    expires_at: datetime | None,
 ) -> ApiKey:
     key = ApiKey(
-        id=uuid.uuid4(), account_id=account_id, name=name, key_hash=key_hash, prefix=prefix
+        id=uuid.uuid4(),
+        account_id=account_id,
+        name=name,
+        key_hash=key_hash,
+        prefix=prefix,
+        scope=scope,
+        allowed_models=allowed_models,
+        expires_at=expires_at,
     )
     session.add(key)
     await session.flush()
+    await session.refresh(key)
     return key
+
+
+async def get_key(session: AsyncSession, key_id: uuid.UUID, *, lock: bool = False) -> ApiKey | None:
+    return await session.get(ApiKey, key_id, with_for_update=lock, populate_existing=lock)
 
 
 async def list_keys(session: AsyncSession, account_id: uuid.UUID) -> list[ApiKey]:
@@ -57,13 +77,12 @@ async def revoke_key(
 
 async def find_active_key(
     session: AsyncSession, key_hash: bytes
-) -> tuple[uuid.UUID, uuid.UUID] | None:
-    """(key id, account id) of an unrevoked key with this hash."""
-    row = (
+) -> Row[uuid.UUID, uuid.UUID, str, list[str] | None, datetime | None] | None:
+    """Identity and rights of an unrevoked key with this hash."""
+    return (
         await session.execute(
-            select(ApiKey.id, ApiKey.account_id).where(
-                ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)
-            )
+            select(
+                ApiKey.id, ApiKey.account_id, ApiKey.scope, ApiKey.allowed_models, ApiKey.expires_at
+            ).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
         )
     ).one_or_none()
-    return (row.id, row.account_id) if row else None

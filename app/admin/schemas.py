@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import msgspec
 
+from app.accounts.schemas import AccountFields, KeyFields, Text
 from app.credits.schemas import LedgerKind
 
-# Stored text: JSON allows NUL ("\u0000"), Postgres text does not, so it is a 400 here rather
-# than a database error.
-Text = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$")]
+__all__ = ["AccountFields", "AddCredit", "CreateAccount", "KeyFields", "Suspend"]
 
 
 class CreateAccount(msgspec.Struct, forbid_unknown_fields=True):
@@ -18,12 +15,12 @@ class CreateAccount(msgspec.Struct, forbid_unknown_fields=True):
     email: Text | None = None
 
 
-class CreateKey(msgspec.Struct, forbid_unknown_fields=True):
-    name: Text | None = None
-
-
 class AddCredit(msgspec.Struct, forbid_unknown_fields=True):
     amount: str | int
     kind: str = LedgerKind.PURCHASE.value
     reference: Text | None = None
     description: Text | None = None
+
+
+class Suspend(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Text | None = None

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import asyncpg
@@ -19,7 +20,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.credits import repository
-from app.credits.repository import HoldOutcome
+from app.credits.repository import HoldOutcome, WantedHold
 from app.db.engine import create_driver_pool
 from app.errors import InvalidApiKey
 
@@ -53,8 +54,8 @@ def record_shortfall(request_id: str, held: Decimal, cost: Decimal, currency: st
     )
 
 
-# A hold asked for: account, hold id, amount, and where its outcome goes (None: no account).
-_Wanted = tuple[uuid.UUID, uuid.UUID, Decimal, "asyncio.Future[HoldOutcome | None]"]
+# A hold asked for, and where its outcome goes (None: no such account).
+_Wanted = tuple[WantedHold, "asyncio.Future[HoldOutcome | None]"]
 
 
 class HoldKeeper:
@@ -71,12 +72,23 @@ class HoldKeeper:
         self._placer: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def place(self, account_id: uuid.UUID, amount: Decimal) -> HoldOutcome:
-        """Hold `amount` if the account's available credit covers it (see `outcome.granted`).
+    async def place(
+        self,
+        account_id: uuid.UUID,
+        amount: Decimal,
+        *,
+        at: datetime | None = None,
+        api_key_id: uuid.UUID | None = None,
+        user: str | None = None,
+    ) -> HoldOutcome:
+        """Hold `amount` if the account's available credit and the spend limits of the key
+        and the end user cover it (see `outcome.granted`), for a request of time `at`.
         Holds asked for while a statement runs go together in the next one, as settlements
         do: one round trip and one pool checkout for many requests under load."""
         future: asyncio.Future[HoldOutcome | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((account_id, uuid.uuid4(), amount, future))
+        at = at or datetime.now(UTC)
+        wanted = WantedHold(account_id, uuid.uuid4(), amount, api_key_id, user, at)
+        self._waiting.append((wanted, future))
         if self._placer is None or self._placer.done():
             self._placer = asyncio.create_task(self._place_waiting(), name="hold-placer")
         outcome = await asyncio.shield(future)
@@ -96,7 +108,7 @@ class HoldKeeper:
             except BaseException as exc:
                 # Every request waiting on this batch gets an answer, also on shutdown.
                 failure = exc if isinstance(exc, Exception) else RuntimeError("shutting down")
-                for *_, future in batch:
+                for _, future in batch:
                     if not future.done():
                         future.set_exception(failure)
                 if not isinstance(exc, Exception):
@@ -106,30 +118,32 @@ class HoldKeeper:
         if len(batch) > 1:
             # One statement, in the order settlements lock accounts; an account whose credit
             # does not cover all its holds gets none, and they are placed one by one below.
-            batch.sort(key=lambda wanted: wanted[0].int)
+            batch.sort(key=lambda wanted: wanted[0].account_id.int)
             try:
-                accounts = await self._statement(driver, batch)
+                accounts = await self._statement(driver, [hold for hold, _ in batch])
             except asyncpg.DeadlockDetectedError:
                 # Rolled back whole (e.g. by a sweep locking accounts in another order); holds
-                # placed one by one lock one row each and cannot deadlock.
+                # placed one by one lock one account each and cannot deadlock.
                 accounts = {}
             rest = []
             for wanted in batch:
-                account_id, hold_id, _, future = wanted
-                outcome = accounts.get(account_id)
+                hold, future = wanted
+                outcome = accounts.get(hold.account_id)
                 if outcome is not None and outcome.granted:
-                    future.set_result(dataclasses.replace(outcome, hold_id=hold_id))
+                    future.set_result(dataclasses.replace(outcome, hold_id=hold.hold_id))
                 else:  # not covered, or not known here: alone, the statement decides
                     rest.append(wanted)
             batch = rest
-        for wanted in batch:
-            account_id, _, _, future = wanted
-            future.set_result((await self._statement(driver, [wanted])).get(account_id))
+        for hold, future in batch:
+            outcome = (await self._statement(driver, [hold])).get(hold.account_id)
+            if outcome is not None and outcome.unseen:
+                # A limit's counter was being made meanwhile; now it is there to be seen.
+                outcome = (await self._statement(driver, [hold])).get(hold.account_id)
+            future.set_result(outcome)
 
     async def _statement(
-        self, driver: asyncpg.Connection, batch: list[_Wanted]
+        self, driver: asyncpg.Connection, holds: list[WantedHold]
     ) -> dict[uuid.UUID, HoldOutcome]:
-        holds = [(account_id, hold_id, amount) for account_id, hold_id, amount, _ in batch]
         return await repository.place_holds(driver, holds, lease_seconds=self._lease)
 
     def forget(self, hold_id: uuid.UUID) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
@@ -18,9 +19,15 @@ from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.credits.limits import (
+    LimitRefusal,
+    key_subject,
+    period_end_sql,
+    period_start_sql,
+)
 from app.credits.schemas import LedgerKind
 from app.db.engine import DriverStatement
-from app.db.models import Account, LedgerEntry
+from app.db.models import Account, LedgerEntry, SpendCounter
 from app.metering.schemas import EVENT_COLUMNS, Settlement, UsageEventRecord
 
 
@@ -77,6 +84,61 @@ _FIELDS = ", ".join(
     for i, (name, kind) in enumerate(EVENT_COLUMNS)
 )
 
+# How admitted events (`admitted`: account_id, api_key_id, user, time, cost) and released
+# holds (`released`: account_id, api_key_id, user, amount) move the period counters of their
+# limited subjects (SPEC 3.6), with the limits of the locked account rows (`locked`). An event
+# counts in the period of its time: one that started before a period boundary and settled
+# after it is charged to the period it started in. A later period replaces the counter's
+# period; spend in an earlier one than the counter's no longer matters to any limit.
+_COUNTER_MOVES = f"""
+    limited AS (
+        SELECT a.account_id, 'key:' || a.api_key_id AS subject,
+               {period_start_sql("l.key_spend_limits -> CAST(a.api_key_id AS text)", "a.time")}
+                   AS period_start,
+               a.cost AS spent, 0::numeric AS released
+        FROM admitted a JOIN locked l ON l.id = a.account_id
+        WHERE l.key_spend_limits ? CAST(a.api_key_id AS text)
+        UNION ALL
+        SELECT a.account_id, 'user:' || a."user",
+               {period_start_sql("l.user_spend_limit", "a.time")}, a.cost, 0
+        FROM admitted a JOIN locked l ON l.id = a.account_id
+        WHERE a."user" IS NOT NULL AND l.user_spend_limit IS NOT NULL
+        UNION ALL
+        SELECT r.account_id, 'key:' || r.api_key_id, NULL, 0, r.amount
+        FROM released r JOIN locked l ON l.id = r.account_id
+        WHERE l.key_spend_limits ? CAST(r.api_key_id AS text)
+        UNION ALL
+        SELECT r.account_id, 'user:' || r."user", NULL, 0, r.amount
+        FROM released r JOIN locked l ON l.id = r.account_id
+        WHERE r."user" IS NOT NULL AND l.user_spend_limit IS NOT NULL
+    ), latest AS (
+        SELECT account_id, subject, max(period_start) AS period_start
+        FROM limited GROUP BY account_id, subject
+    ), counter_moves AS (
+        SELECT m.account_id, m.subject, l.period_start,
+               coalesce(sum(m.spent) FILTER (WHERE m.period_start = l.period_start), 0) AS spent,
+               sum(m.released) AS released
+        FROM limited m JOIN latest l USING (account_id, subject)
+        GROUP BY m.account_id, m.subject, l.period_start
+    ), counted AS (
+        -- An upsert, so a counter made after this statement's snapshot (a limit set while it
+        -- waited for the account's lock) is found and moved. Every counter a hold counted
+        -- against exists while the hold does, so only a first event inserts one. Releases
+        -- alone carry no period (-infinity: earlier than any, so they move `held` only).
+        INSERT INTO spend_counters AS c (account_id, subject, period_start, spent, held)
+        SELECT account_id, subject, coalesce(period_start, '-infinity'), spent, -released
+        FROM counter_moves ORDER BY account_id, subject
+        ON CONFLICT (account_id, subject) DO UPDATE SET
+            spent = CASE
+                WHEN excluded.period_start > c.period_start THEN excluded.spent
+                WHEN excluded.period_start = c.period_start THEN c.spent + excluded.spent
+                ELSE c.spent END,
+            period_start = greatest(c.period_start, excluded.period_start),
+            held = c.held + excluded.held
+        RETURNING 1
+    )
+"""
+
 # The ledger entry goes first: its unique (account_id, reference) admits each event once, so a
 # retried batch inserts only what is new, and balances move only by what was inserted. An event
 # takes the id of its ledger entry, drawn here; it also tells which copy of an event sent twice
@@ -99,16 +161,18 @@ SETTLE_SQL = text(
         DELETE FROM holds h
         USING unnest(CAST(:hold_accounts AS uuid[]), CAST(:hold_ids AS uuid[])) AS r(account_id, id)
         WHERE h.account_id = r.account_id AND h.id = r.id
-        RETURNING h.account_id, h.amount
+        RETURNING h.account_id, h.amount, h.api_key_id, h."user"
     ), deltas AS (
         SELECT account_id, amount AS spent, 0::numeric AS released FROM ledger
         UNION ALL
         SELECT account_id, 0::numeric, amount FROM released
-    ), locked AS (
+    ), locked AS MATERIALIZED (
         -- Account rows are locked in id order whatever plan the UPDATE gets (a hash join
         -- would take them in physical order), so concurrent settlements of several accounts
         -- (the usage writers of several processes, ingestions) queue instead of deadlocking.
-        SELECT id FROM accounts WHERE id IN (SELECT account_id FROM deltas)
+        -- A locked row is read in its latest version: the spend limits as they are now.
+        SELECT id, key_spend_limits, user_spend_limit
+        FROM accounts WHERE id IN (SELECT account_id FROM deltas)
         ORDER BY id FOR NO KEY UPDATE
     ), moved AS (
         UPDATE accounts a
@@ -121,7 +185,10 @@ SETTLE_SQL = text(
         ) d
         WHERE a.id = locked.id AND d.account_id = locked.id
         RETURNING a.id
-    )
+    ), admitted AS (
+        SELECT i.account_id, i.api_key_id, i."user", i.time, i.cost
+        FROM input i JOIN ledger USING (account_id, id)
+    ), {_COUNTER_MOVES}
     SELECT (SELECT count(*) FROM events) AS inserted
     """
 )
@@ -228,75 +295,169 @@ class HoldOutcome:
     available: Decimal  # before this hold
     total_purchased: Decimal
     total_usage: Decimal
+    refusal: LimitRefusal | None = None  # why it was not granted
+    # A refusal by a spend limit: the limit, and when its period resets (None: `total`).
+    spend_limit: Decimal | None = None
+    resets_at: datetime | None = None
+    # A limit's counter was made while this statement waited: placed again, it is seen.
+    unseen: bool = False
 
 
-# Holds of one or many requests in one statement, atomic: the UPDATE re-checks its condition on
-# the latest row version, so concurrent holds from any number of processes can never reserve
-# more than the balance. Each account's holds are granted together when its available credit
-# covers them all, else none of them (the caller then places them one by one). Rows are locked
-# in id order, as settlements lock them.
+_HOLD_LIMIT = "h.spend_limit"
+
+# Holds of one or many requests in one statement, atomic: the account rows are locked first,
+# in id order as settlements lock them, and a locked row is read in its latest version, so
+# concurrent holds from any number of processes can never reserve more than the balance. Each
+# account's holds are granted together when its available credit covers them all and every
+# spend limit they count against (SPEC 3.6) covers its share: period spend + holds in flight
+# + these holds ≤ the limit, with the counters locked (so also read in their latest version)
+# after the account. Otherwise none of them is (the caller then places them one by one). A
+# counter missing from this statement's snapshot (being made while it waited) is made or
+# found, and the hold placed again.
 HOLDS_SQL = text(
-    """
+    f"""
     WITH input AS (
         SELECT * FROM unnest(
-            CAST(:account_ids AS uuid[]), CAST(:ids AS uuid[]), CAST(:amounts AS numeric[])
-        ) AS t(account_id, id, amount)
+            CAST(:account_ids AS uuid[]), CAST(:ids AS uuid[]), CAST(:amounts AS numeric[]),
+            CAST(:key_ids AS uuid[]), CAST(:users AS text[]), CAST(:ats AS timestamptz[])
+        ) AS t(account_id, id, amount, api_key_id, "user", at)
     ), wanted AS (
         SELECT account_id, sum(amount) AS total FROM input GROUP BY account_id
-    ), locked AS (
-        SELECT id FROM accounts WHERE id IN (SELECT account_id FROM wanted)
+    ), locked AS MATERIALIZED (
+        SELECT id, balance, held, total_purchased, total_usage, key_spend_limits,
+               user_spend_limit, suspended_at IS NOT NULL AS suspended
+        FROM accounts WHERE id IN (SELECT account_id FROM wanted)
         ORDER BY id FOR NO KEY UPDATE
+    ), limited AS (
+        SELECT i.account_id, 'key:' || i.api_key_id AS subject,
+               l.key_spend_limits -> CAST(i.api_key_id AS text) AS spend_limit, i.at, i.amount
+        FROM input i JOIN locked l ON l.id = i.account_id
+        WHERE l.key_spend_limits ? CAST(i.api_key_id AS text)
+        UNION ALL
+        SELECT i.account_id, 'user:' || i."user", l.user_spend_limit, i.at, i.amount
+        FROM input i JOIN locked l ON l.id = i.account_id
+        WHERE i."user" IS NOT NULL AND l.user_spend_limit IS NOT NULL
+    ), subjects AS (
+        SELECT account_id, subject, CAST(h.spend_limit ->> 'amount' AS numeric) AS spend_limit,
+               max({period_start_sql(_HOLD_LIMIT, "h.at")}) AS period_start,
+               max({period_end_sql(_HOLD_LIMIT, "h.at")}) AS resets_at,
+               sum(amount) AS wanted
+        FROM limited h GROUP BY account_id, subject, h.spend_limit
+    ), counters AS MATERIALIZED (
+        SELECT c.account_id, c.subject, c.period_start, c.spent, c.held
+        FROM spend_counters c
+        WHERE (c.account_id, c.subject) IN (SELECT account_id, subject FROM subjects)
+        ORDER BY c.account_id, c.subject FOR UPDATE
+    ), checked AS (
+        SELECT s.account_id, s.subject, s.spend_limit, s.period_start, s.resets_at, s.wanted,
+               c.subject IS NULL AS unseen,
+               c.subject IS NOT NULL AND s.spend_limit >= s.wanted + c.held
+                   + CASE WHEN s.period_start > c.period_start THEN 0 ELSE c.spent END AS within
+        FROM subjects s LEFT JOIN counters c USING (account_id, subject)
+    ), decided AS (
+        SELECT l.id, w.total,
+               NOT l.suspended AND l.balance - l.held >= w.total
+               AND NOT EXISTS (
+                   SELECT 1 FROM checked ch WHERE ch.account_id = l.id AND NOT ch.within
+               ) AS granted
+        FROM locked l JOIN wanted w ON w.account_id = l.id
     ), reserved AS (
-        UPDATE accounts a SET held = a.held + w.total
-        FROM locked, wanted w
-        WHERE a.id = locked.id AND w.account_id = locked.id AND a.balance - a.held >= w.total
+        UPDATE accounts a SET held = a.held + d.total
+        FROM decided d WHERE a.id = d.id AND d.granted
         RETURNING a.id
+    ), counted AS (
+        UPDATE spend_counters c
+        SET held = c.held + ch.wanted,
+            spent = CASE WHEN ch.period_start > c.period_start THEN 0 ELSE c.spent END,
+            period_start = greatest(c.period_start, ch.period_start)
+        FROM checked ch JOIN decided d ON d.id = ch.account_id
+        WHERE d.granted AND c.account_id = ch.account_id AND c.subject = ch.subject
+        RETURNING 1
+    ), created AS (
+        INSERT INTO spend_counters (account_id, subject, period_start)
+        SELECT account_id, subject, period_start FROM checked WHERE unseen
+        ORDER BY account_id, subject
+        ON CONFLICT DO NOTHING
+        RETURNING 1
     ), placed AS (
-        INSERT INTO holds (account_id, id, amount, expires_at)
-        SELECT i.account_id, i.id, i.amount, now() + make_interval(secs => :lease)
+        INSERT INTO holds (account_id, id, amount, expires_at, api_key_id, "user")
+        SELECT i.account_id, i.id, i.amount, now() + make_interval(secs => :lease),
+               i.api_key_id, i."user"
         FROM input i JOIN reserved r ON r.id = i.account_id
         RETURNING 1
     )
-    SELECT a.id, a.balance, a.held, a.total_purchased, a.total_usage,
-           a.id IN (SELECT id FROM reserved) AS granted,
+    SELECT l.id, l.balance, l.held, l.total_purchased, l.total_usage, l.suspended, d.granted,
+           refused.subject AS refused_subject, refused.spend_limit, refused.resets_at,
+           EXISTS (SELECT 1 FROM checked ch WHERE ch.account_id = l.id AND ch.unseen) AS unseen,
            -- A hold is a reservation, not money: it need not wait for the WAL flush. Lost in a
            -- database crash, it vanishes together with its `held` increment.
            set_config('synchronous_commit', 'off', true) AS async_commit
-    FROM accounts a WHERE a.id IN (SELECT account_id FROM wanted)
+    FROM locked l JOIN decided d ON d.id = l.id
+    LEFT JOIN LATERAL (
+        SELECT ch.subject, ch.spend_limit, ch.resets_at FROM checked ch
+        WHERE ch.account_id = l.id AND NOT ch.within AND NOT ch.unseen
+        ORDER BY ch.subject LIMIT 1
+    ) refused ON true
     """
 )
 _HOLDS = DriverStatement.of(HOLDS_SQL)
 
 
+@dataclass(frozen=True, slots=True)
+class WantedHold:
+    account_id: uuid.UUID
+    hold_id: uuid.UUID
+    amount: Decimal
+    api_key_id: uuid.UUID | None
+    user: str | None
+    at: datetime  # the request's time: its event's, so both fall in the same period
+
+
 async def place_holds(
-    driver: asyncpg.Connection,
-    holds: list[tuple[uuid.UUID, uuid.UUID, Decimal]],
-    *,
-    lease_seconds: float,
+    driver: asyncpg.Connection, holds: Sequence[WantedHold], *, lease_seconds: float
 ) -> dict[uuid.UUID, HoldOutcome]:
-    """(account id, hold id, amount) → per account: whether all its holds were granted, and
-    its totals before them (`hold_id` is that of its first hold; the caller sets each one's).
-    Accounts that do not exist are missing."""
+    """Per account: whether all its holds were granted, and its totals before them
+    (`hold_id` is that of its first hold; the caller sets each one's). Accounts that do not
+    exist are missing."""
     params = {
-        "account_ids": [account_id for account_id, _, _ in holds],
-        "ids": [hold_id for _, hold_id, _ in holds],
-        "amounts": [amount for _, _, amount in holds],
+        "account_ids": [hold.account_id for hold in holds],
+        "ids": [hold.hold_id for hold in holds],
+        "amounts": [hold.amount for hold in holds],
+        "key_ids": [hold.api_key_id for hold in holds],
+        "users": [hold.user for hold in holds],
+        "ats": [hold.at for hold in holds],
         "lease": lease_seconds,
     }
     first: dict[uuid.UUID, uuid.UUID] = {}
-    for account_id, hold_id, _ in holds:
-        first.setdefault(account_id, hold_id)
+    for hold in holds:
+        first.setdefault(hold.account_id, hold.hold_id)
     rows = await driver.fetch(_HOLDS.sql, *_HOLDS.args(params))
-    return {
-        row["id"]: HoldOutcome(
-            hold_id=first[row["id"]],
-            granted=row["granted"],
-            available=row["balance"] - row["held"],
-            total_purchased=row["total_purchased"],
-            total_usage=row["total_usage"],
-        )
-        for row in rows
-    }
+    return {row["id"]: _outcome(row, first[row["id"]]) for row in rows}
+
+
+def _outcome(row: asyncpg.Record, hold_id: uuid.UUID) -> HoldOutcome:
+    refusal = None
+    if not row["granted"]:
+        subject: str | None = row["refused_subject"]
+        if row["suspended"]:
+            refusal = LimitRefusal.SUSPENDED
+        elif subject is not None:
+            refusal = (
+                LimitRefusal.KEY_LIMIT if subject.startswith("key:") else LimitRefusal.USER_LIMIT
+            )
+        elif not row["unseen"]:
+            refusal = LimitRefusal.CREDIT
+    return HoldOutcome(
+        hold_id=hold_id,
+        granted=row["granted"],
+        available=row["balance"] - row["held"],
+        total_purchased=row["total_purchased"],
+        total_usage=row["total_usage"],
+        refusal=refusal,
+        spend_limit=row["spend_limit"],
+        resets_at=row["resets_at"],
+        unseen=row["unseen"],
+    )
 
 
 RENEW_SQL = text(
@@ -310,16 +471,32 @@ RENEW_SQL = text(
 SWEEP_SQL = text(
     """
     WITH expired AS (
-        DELETE FROM holds WHERE expires_at < now() RETURNING account_id, amount
-    ), locked AS (
+        DELETE FROM holds WHERE expires_at < now()
+        RETURNING account_id, amount, api_key_id, "user"
+    ), locked AS MATERIALIZED (
         -- In id order, as holds and settlements lock accounts: no deadlock with them.
-        SELECT id FROM accounts WHERE id IN (SELECT account_id FROM expired)
+        SELECT id, key_spend_limits, user_spend_limit
+        FROM accounts WHERE id IN (SELECT account_id FROM expired)
         ORDER BY id FOR NO KEY UPDATE
     ), released AS (
         UPDATE accounts a SET held = a.held - e.total
         FROM locked, (SELECT account_id, sum(amount) AS total FROM expired GROUP BY account_id) e
         WHERE a.id = locked.id AND e.account_id = locked.id
         RETURNING a.id
+    ), counter_moves AS (
+        SELECT account_id, subject, sum(amount) AS released FROM (
+            SELECT e.account_id, 'key:' || e.api_key_id AS subject, e.amount
+            FROM expired e JOIN locked l ON l.id = e.account_id
+            WHERE l.key_spend_limits ? CAST(e.api_key_id AS text)
+            UNION ALL
+            SELECT e.account_id, 'user:' || e."user", e.amount
+            FROM expired e JOIN locked l ON l.id = e.account_id
+            WHERE e."user" IS NOT NULL AND l.user_spend_limit IS NOT NULL
+        ) m GROUP BY account_id, subject
+    ), counted AS (
+        UPDATE spend_counters c SET held = c.held - m.released
+        FROM counter_moves m WHERE c.account_id = m.account_id AND c.subject = m.subject
+        RETURNING 1
     )
     SELECT count(*) FROM released
     """
@@ -344,3 +521,153 @@ async def renew_holds(
 async def sweep_expired_holds(driver: asyncpg.Connection) -> int:
     """Release holds whose owner stopped renewing them (its process died)."""
     return int(await driver.fetchval(_SWEEP.sql) or 0)
+
+
+# ── Spend limits (SPEC 3.6) ─────────────────────────────────────────────────────────────────
+# A limit is changed under the account row's lock (FOR UPDATE), which every hold, settlement
+# and sweep of the account also takes first: none runs between the change and the counters'
+# reset, and each one after it reads the new limits from the locked row.
+
+
+async def lock_account(session: AsyncSession, account_id: uuid.UUID) -> Account | None:
+    return await session.scalar(
+        select(Account)
+        .where(Account.id == account_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
+_LIMIT_PERIOD = f"""
+    WITH p AS (
+        SELECT {period_start_sql("l", "now()")} AS start_at,
+               {period_end_sql("l", "now()")} AS end_at
+        FROM (SELECT CAST(:spend_limit AS jsonb) AS l) x
+    )
+"""
+
+# A key's counter from its events in the current period and its holds in flight (events of
+# a period before the limit existed count: the limit is on the period's spend).
+RESET_KEY_COUNTER_SQL = text(
+    f"""
+    {_LIMIT_PERIOD}
+    INSERT INTO spend_counters (account_id, subject, period_start, spent, held)
+    SELECT :account_id, :subject, p.start_at,
+        coalesce((SELECT sum(e.cost) FROM usage_events e
+                  WHERE e.account_id = :account_id AND e.api_key_id = :api_key_id
+                    AND e.time >= p.start_at AND (p.end_at IS NULL OR e.time < p.end_at)), 0),
+        coalesce((SELECT sum(h.amount) FROM holds h
+                  WHERE h.account_id = :account_id AND h.api_key_id = :api_key_id), 0)
+    FROM p
+    ON CONFLICT (account_id, subject) DO UPDATE SET
+        period_start = excluded.period_start, spent = excluded.spent, held = excluded.held
+    """
+)
+
+RESET_USER_COUNTERS_SQL = text(
+    f"""
+    {_LIMIT_PERIOD}
+    INSERT INTO spend_counters (account_id, subject, period_start, spent, held)
+    SELECT :account_id, 'user:' || u."user", p.start_at, sum(u.spent), sum(u.held)
+    FROM p, (
+        SELECT e."user", e.cost AS spent, 0 AS held FROM usage_events e, p
+        WHERE e.account_id = :account_id AND e."user" IS NOT NULL
+          AND e.time >= p.start_at AND (p.end_at IS NULL OR e.time < p.end_at)
+        UNION ALL
+        SELECT h."user", 0, h.amount FROM holds h
+        WHERE h.account_id = :account_id AND h."user" IS NOT NULL
+    ) u
+    GROUP BY u."user", p.start_at
+    """
+)
+
+DROP_COUNTERS_SQL = text(
+    "DELETE FROM spend_counters WHERE account_id = :account_id AND subject LIKE :subjects"
+)
+
+
+async def reset_key_counter(
+    session: AsyncSession, account_id: uuid.UUID, api_key_id: uuid.UUID, stored: dict[str, str]
+) -> None:
+    await session.execute(
+        RESET_KEY_COUNTER_SQL,
+        {
+            "account_id": account_id,
+            "api_key_id": api_key_id,
+            "subject": key_subject(api_key_id),
+            "spend_limit": msgspec.json.encode(stored).decode(),
+        },
+    )
+
+
+async def reset_user_counters(
+    session: AsyncSession, account_id: uuid.UUID, stored: dict[str, str]
+) -> None:
+    await drop_counters(session, account_id, "user:%")
+    await session.execute(
+        RESET_USER_COUNTERS_SQL,
+        {"account_id": account_id, "spend_limit": msgspec.json.encode(stored).decode()},
+    )
+
+
+async def drop_counters(session: AsyncSession, account_id: uuid.UUID, subjects: str) -> None:
+    """Counters whose subject matches the LIKE pattern `subjects` (their limit is gone)."""
+    await session.execute(DROP_COUNTERS_SQL, {"account_id": account_id, "subjects": subjects})
+
+
+async def counters(session: AsyncSession, account_id: uuid.UUID) -> dict[str, SpendCounter]:
+    rows = await session.scalars(select(SpendCounter).where(SpendCounter.account_id == account_id))
+    return {row.subject: row for row in rows}
+
+
+_COUNTER_LIMIT = (
+    "CASE WHEN c.subject LIKE 'key:%' THEN a.key_spend_limits -> substr(c.subject, 5) "
+    "ELSE a.user_spend_limit END"
+)
+
+# Each counter against the events of its period and the holds of its subject, in one snapshot.
+COUNTER_MISMATCHES_SQL = text(
+    f"""
+    WITH c AS (
+        SELECT c.account_id, c.subject, c.period_start, c.spent, c.held,
+               {period_end_sql(_COUNTER_LIMIT, "c.period_start")} AS period_end,
+               CASE WHEN c.subject LIKE 'key:%' THEN CAST(substr(c.subject, 5) AS uuid) END
+                   AS api_key_id,
+               CASE WHEN c.subject LIKE 'user:%' THEN substr(c.subject, 6) END AS "user"
+        FROM spend_counters c JOIN accounts a ON a.id = c.account_id
+    ), totals AS (
+        SELECT c.*,
+            coalesce((SELECT sum(e.cost) FROM usage_events e
+                      WHERE e.account_id = c.account_id
+                        AND (e.api_key_id = c.api_key_id OR e."user" = c."user")
+                        AND e.time >= c.period_start
+                        AND (c.period_end IS NULL OR e.time < c.period_end)), 0) AS event_cost,
+            coalesce((SELECT sum(h.amount) FROM holds h
+                      WHERE h.account_id = c.account_id
+                        AND (h.api_key_id = c.api_key_id OR h."user" = c."user")), 0)
+                AS holds_total
+        FROM c
+    )
+    SELECT account_id, subject, spent, event_cost, held, holds_total, (SELECT count(*) FROM c)
+        AS checked
+    FROM totals WHERE spent <> event_cost OR held <> holds_total
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CounterTotals:
+    account_id: uuid.UUID
+    subject: str
+    spent: Decimal
+    event_cost: Decimal
+    held: Decimal
+    holds_total: Decimal
+
+
+async def counter_mismatches(session: AsyncSession) -> list[CounterTotals]:
+    rows = (await session.execute(COUNTER_MISMATCHES_SQL)).all()
+    return [
+        CounterTotals(r.account_id, r.subject, r.spent, r.event_cost, r.held, r.holds_total)
+        for r in rows
+    ]

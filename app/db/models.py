@@ -23,7 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.credits.schemas import LedgerKind
@@ -45,6 +45,16 @@ class Account(Base):
     total_purchased: Mapped[Money] = mapped_column(server_default=text("0"))
     total_usage: Mapped[Money] = mapped_column(server_default=text("0"))
     held: Mapped[Money] = mapped_column(server_default=text("0"))
+    # Spend limits (SPEC 3.6) as `{"amount", "period", "timezone", "since"}`: per key id, and
+    # one applied to each end user separately. On this row, which every credit hold and
+    # settlement locks first, so each of them sees the latest limits (app/credits/limits.py).
+    key_spend_limits: Mapped[dict[str, dict[str, str]]] = mapped_column(
+        JSONB, server_default=text("'{}'::jsonb")
+    )
+    user_spend_limit: Mapped[dict[str, str] | None] = mapped_column(JSONB(none_as_null=True))
+    low_balance_threshold: Mapped[Decimal | None] = mapped_column(Numeric(38, 12))
+    suspended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    suspension_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -53,6 +63,7 @@ class ApiKey(Base):
     this is a small reference table rather than one distributed by account."""
 
     __tablename__ = "api_keys"
+    __table_args__ = (CheckConstraint("scope IN ('full', 'inference')", name="scope"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     account_id: Mapped[uuid.UUID] = mapped_column(
@@ -63,6 +74,9 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    scope: Mapped[str] = mapped_column(Text, server_default=text("'full'"))  # KeyScope
+    allowed_models: Mapped[list[str] | None] = mapped_column(ARRAY(Text))  # None: all
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class LedgerEntry(Base):
@@ -100,7 +114,50 @@ class Hold(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     amount: Mapped[Money]
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # Whose limits it counts against (SPEC 3.6), so its release finds their counters.
+    api_key_id: Mapped[uuid.UUID | None]
+    user: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class SpendCounter(Base):
+    """The spend of one limited subject (`key:<id>` or `user:<value>`) in the current period
+    of its limit, and the holds in flight against it. Moved only by holds, settlements and
+    sweeps (app/credits/repository.py), in the same statements as the account's balance; a new
+    period starts when the first hold or event of it arrives. `spent` equals the sum of the
+    subject's events in [period_start, period end), which the reconciliation job proves."""
+
+    __tablename__ = "spend_counters"
+
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    subject: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    spent: Mapped[Money] = mapped_column(server_default=text("0"))
+    held: Mapped[Money] = mapped_column(server_default=text("0"))
+
+
+class AuditEntry(Base):
+    """One change made through the admin API, the CLI or the console (SPEC 12), written in
+    the same transaction as the change. Append-only. Not keyed by account: an operator's
+    record, not a customer's."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_at", "at", "id"),
+        Index("ix_audit_log_account", "account_id", "at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    actor: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    account_id: Mapped[uuid.UUID | None]
+    object_id: Mapped[str | None] = mapped_column(Text)
+    before: Mapped[dict[str, object] | None] = mapped_column(JSONB(none_as_null=True))
+    after: Mapped[dict[str, object] | None] = mapped_column(JSONB(none_as_null=True))
+    client_address: Mapped[str | None] = mapped_column(Text)
 
 
 class UsageEvent(Base):

@@ -31,12 +31,17 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from app.accounts.auth import KeyAuthenticator, Principal
 from app.config import Settings
 from app.credits.holds import HoldKeeper, record_shortfall
-from app.credits.tiers import TierTable
+from app.credits.limits import LimitRefusal, seconds_until
+from app.credits.repository import HoldOutcome
+from app.credits.tiers import Tier, TierTable
 from app.errors import (
+    AccountSuspended,
     ClientDisconnected,
     InsufficientQuota,
     InvalidJson,
     InvalidRequest,
+    ModelNotAllowed,
+    SpendLimitExceeded,
     TollgateError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -128,6 +133,7 @@ class Call:
     hold_amount: Decimal
     request_id: str
     started: float  # time.monotonic() at arrival
+    arrived: datetime  # the same instant on the wall clock: the time of its usage event
     upstream: str | None = None  # the upstream it was sent to
     reserved_tokens: int = 0
     limit_headers: dict[str, str] = field(default_factory=dict)
@@ -167,21 +173,27 @@ class Gateway:
             proxy_request = await _inspect_multipart(request)
         else:
             proxy_request = await _inspect(endpoint, raw, self.settings.default_max_tokens)
-        # Unpriced models are refused before anything is held or forwarded.
-        resolved = self.catalog.resolve(proxy_request.model, datetime.now(UTC))
+        # Unpriced models, and models the key may not use, are refused before anything is
+        # held or forwarded.
+        arrived = datetime.now(UTC)
+        resolved = self.catalog.resolve(proxy_request.model, arrived)
+        if not principal.allows(resolved.name, resolved.base, resolved.suffix is not None):
+            raise ModelNotAllowed(
+                f"This API key may not use the model {resolved.name}.", param="model"
+            )
         estimate = estimate_usage(proxy_request, resolved)
         hold_amount = price(resolved, estimate).total
         account_id = principal.account_id
-        hold = await self.holds.place(account_id, hold_amount)
+        hold = await self.holds.place(
+            account_id,
+            hold_amount,
+            at=arrived,
+            api_key_id=principal.api_key_id,
+            user=proxy_request.user,
+        )
         tier = self.tiers.tier_for(hold.total_purchased, hold.total_usage)
         if not hold.granted:
-            state = await self.limiter.peek(account_id, tier)
-            raise InsufficientQuota(
-                "You exceeded your current quota: this request may cost up to "
-                f"{money_str(hold_amount)} and your available credit is "
-                f"{money_str(hold.available)}. Add credit to continue.",
-                headers=state.headers(),
-            )
+            raise await self._refusal(account_id, hold, hold_amount, tier, proxy_request.user)
         call = Call(
             principal,
             proxy_request,
@@ -190,6 +202,7 @@ class Gateway:
             hold_amount,
             request_id(request.scope),
             started,
+            arrived,
         )
         try:
             tokens = estimate.prompt_tokens + estimate.completion_tokens
@@ -364,6 +377,44 @@ class Gateway:
 
         return app
 
+    async def _refusal(
+        self,
+        account_id: uuid.UUID,
+        hold: HoldOutcome,
+        amount: Decimal,
+        tier: Tier,
+        user: str | None,
+    ) -> TollgateError:
+        """The error for a hold that was not granted (SPEC 3, 3.6)."""
+        if hold.refusal is LimitRefusal.SUSPENDED:
+            return AccountSuspended("This account is suspended. Contact the operator.")
+        if hold.refusal in (LimitRefusal.KEY_LIMIT, LimitRefusal.USER_LIMIT):
+            whose = (
+                "this API key's"
+                if hold.refusal is LimitRefusal.KEY_LIMIT
+                else (f"the end user {user!r}'s")
+            )
+            resets = (
+                "It does not reset (a total limit)."
+                if hold.resets_at is None
+                else f"It resets at {hold.resets_at:%Y-%m-%dT%H:%M:%SZ}."
+            )
+            return SpendLimitExceeded(
+                f"This request may cost up to {money_str(amount)}, more than is left of "
+                f"{whose} spend limit of {money_str(hold.spend_limit or Decimal(0))}. {resets}",
+                code="key_limit_exceeded"
+                if hold.refusal is LimitRefusal.KEY_LIMIT
+                else "user_limit_exceeded",
+                retry_after=seconds_until(hold.resets_at, datetime.now(UTC)),
+            )
+        state = await self.limiter.peek(account_id, tier)
+        return InsufficientQuota(
+            "You exceeded your current quota: this request may cost up to "
+            f"{money_str(amount)} and your available credit is "
+            f"{money_str(hold.available)}. Add credit to continue.",
+            headers=state.headers(),
+        )
+
     async def _settle(
         self, call: Call, usage: MeteredUsage | None, outcome: RequestOutcome
     ) -> Charge | None:
@@ -389,7 +440,7 @@ class Gateway:
     ) -> UsageEventRecord:
         return usage_event(
             account_id=call.principal.account_id,
-            time=datetime.now(UTC),
+            time=call.arrived,
             event_key=f"gw:{uuid.uuid4().hex}",
             api_key_id=call.principal.api_key_id,
             user=call.request.user,

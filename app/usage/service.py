@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -114,3 +116,41 @@ def _row_view(row: UsageRow, query: UsageQuery, fixed_user: str | None) -> dict[
 
 def _json(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+async def cost_since(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    starts: Iterable[datetime],
+    end: datetime,
+    *,
+    api_key_id: uuid.UUID | None = None,
+) -> dict[datetime, Decimal]:
+    """The cost of the account's events (of one key, if given) in [start, end) for each start,
+    as the usage query counts it (one currency per account)."""
+    wanted = sorted(set(starts))
+    bounds = [*wanted, end]
+    (rollup_start, rollup_end), (hour_start, hour_end) = rollup_spans(wanted[0], end, bounds)
+    filters: dict[str, tuple[FilterValue, ...]] = {}
+    if api_key_id is not None:
+        filters["api_key_id"] = (api_key_id,)
+    rows = await repository.usage_rows(
+        session,
+        UsageSelection(
+            start=wanted[0],
+            end=end,
+            rollup_start=rollup_start,
+            rollup_end=rollup_end,
+            hour_start=hour_start,
+            hour_end=hour_end,
+            window_starts=wanted,
+            group_by=(),
+            filters=filters,
+            account_id=account_id,
+        ),
+    )
+    per_window = [Decimal(0)] * len(wanted)
+    for row in rows:
+        per_window[row.window] += row.cost
+    # Windows are contiguous: the cost since a start is that of its window and every later one.
+    return {start: sum(per_window[i:], Decimal(0)) for i, start in enumerate(wanted)}
