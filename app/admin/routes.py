@@ -9,7 +9,7 @@ from typing import Any
 from litestar import Request, Router, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 from msgspec import UNSET
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -231,11 +231,11 @@ async def add_credit(
 @get("/audit-log")
 async def audit_log(
     db: NamedDependency[AsyncSession],
-    actor: str | None = None,
-    action: str | None = None,
-    account_id: str | None = None,
-    before: str | None = None,
-    limit: int = 50,
+    actor: FromQuery[str | None] = None,
+    action: FromQuery[str | None] = None,
+    account_id: FromQuery[str | None] = None,
+    before: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 50,
 ) -> dict[str, Any]:
     return await audit.audit_page(
         db, actor=actor, action=action, account_id=account_id, before=before, limit=limit

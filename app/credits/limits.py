@@ -151,9 +151,19 @@ def calendar_period(
 
 
 def _midnight(day: date, zone: ZoneInfo) -> datetime:
-    """Local midnight of `day` as an instant. Where midnight did not exist (a DST jump at
-    00:00), the offset before the jump applies, as it does in Postgres's `date_trunc`."""
-    return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
+    """Local midnight of `day` as an instant, as Postgres's `date_trunc(…, zone)` puts it,
+    which the hold uses: where midnight happened twice (clocks back at 01:00), the second;
+    where it never happened (clocks forward at 00:00), the offset before the jump."""
+    naive = datetime(day.year, day.month, day.day)
+    first = naive.replace(tzinfo=zone, fold=0)
+    second = naive.replace(tzinfo=zone, fold=1)
+    if first.utcoffset() != second.utcoffset() and _exists(second, naive):
+        return second.astimezone(UTC)
+    return first.astimezone(UTC)
+
+
+def _exists(local: datetime, naive: datetime) -> bool:
+    return local.astimezone(UTC).astimezone(local.tzinfo).replace(tzinfo=None) == naive
 
 
 def seconds_until(end: datetime | None, now: datetime) -> int | None:
@@ -175,12 +185,11 @@ def period_start_sql(spend_limit: str, at: str) -> str:
 
 
 def period_end_sql(spend_limit: str, at: str) -> str:
-    # Local time plus one period, back to an instant: a local day lasts 23 or 25 hours on
-    # DST days.
+    # The next period's first local midnight, from local time: a local day lasts 23 or 25
+    # hours on DST days, and one that began in a gap still ends at midnight.
     zone = f"({spend_limit} ->> 'timezone')"
     return (
         f"CASE {spend_limit} ->> 'period' WHEN 'total' THEN NULL ELSE "
-        f"(date_trunc({spend_limit} ->> 'period', {at}, {spend_limit} ->> 'timezone') "
-        f"AT TIME ZONE {zone} + CAST('1 ' || ({spend_limit} ->> 'period') AS interval)) "
-        f"AT TIME ZONE {zone} END"
+        f"(date_trunc({spend_limit} ->> 'period', {at} AT TIME ZONE {zone}) "
+        f"+ CAST('1 ' || ({spend_limit} ->> 'period') AS interval)) AT TIME ZONE {zone} END"
     )

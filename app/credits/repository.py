@@ -538,10 +538,17 @@ async def lock_account(session: AsyncSession, account_id: uuid.UUID) -> Account 
     )
 
 
+# An event is in a counter's period when its time's period starts where the counter's does:
+# exactly what the settlement computes (a plain range would differ from Postgres's date_trunc
+# on the rare days whose midnight happened twice). The range around it lets an index help.
+_IN_PERIOD = (
+    "e.time >= {start} - interval '1 day' "
+    f"AND {period_start_sql('{limit}', 'e.time')} = {{start}}"
+)
+
 _LIMIT_PERIOD = f"""
     WITH p AS (
-        SELECT {period_start_sql("l", "now()")} AS start_at,
-               {period_end_sql("l", "now()")} AS end_at
+        SELECT l, {period_start_sql("l", "now()")} AS start_at
         FROM (SELECT CAST(:spend_limit AS jsonb) AS l) x
     )
 """
@@ -555,7 +562,7 @@ RESET_KEY_COUNTER_SQL = text(
     SELECT :account_id, :subject, p.start_at,
         coalesce((SELECT sum(e.cost) FROM usage_events e
                   WHERE e.account_id = :account_id AND e.api_key_id = :api_key_id
-                    AND e.time >= p.start_at AND (p.end_at IS NULL OR e.time < p.end_at)), 0),
+                    AND {_IN_PERIOD.format(limit="p.l", start="p.start_at")}), 0),
         coalesce((SELECT sum(h.amount) FROM holds h
                   WHERE h.account_id = :account_id AND h.api_key_id = :api_key_id), 0)
     FROM p
@@ -572,7 +579,7 @@ RESET_USER_COUNTERS_SQL = text(
     FROM p, (
         SELECT e."user", e.cost AS spent, 0 AS held FROM usage_events e, p
         WHERE e.account_id = :account_id AND e."user" IS NOT NULL
-          AND e.time >= p.start_at AND (p.end_at IS NULL OR e.time < p.end_at)
+          AND {_IN_PERIOD.format(limit="p.l", start="p.start_at")}
         UNION ALL
         SELECT h."user", 0, h.amount FROM holds h
         WHERE h.account_id = :account_id AND h."user" IS NOT NULL
@@ -630,7 +637,7 @@ COUNTER_MISMATCHES_SQL = text(
     f"""
     WITH c AS (
         SELECT c.account_id, c.subject, c.period_start, c.spent, c.held,
-               {period_end_sql(_COUNTER_LIMIT, "c.period_start")} AS period_end,
+               {_COUNTER_LIMIT} AS spend_limit,
                CASE WHEN c.subject LIKE 'key:%' THEN CAST(substr(c.subject, 5) AS uuid) END
                    AS api_key_id,
                CASE WHEN c.subject LIKE 'user:%' THEN substr(c.subject, 6) END AS "user"
@@ -640,16 +647,15 @@ COUNTER_MISMATCHES_SQL = text(
             coalesce((SELECT sum(e.cost) FROM usage_events e
                       WHERE e.account_id = c.account_id
                         AND (e.api_key_id = c.api_key_id OR e."user" = c."user")
-                        AND e.time >= c.period_start
-                        AND (c.period_end IS NULL OR e.time < c.period_end)), 0) AS event_cost,
+                        AND {_IN_PERIOD.format(limit="c.spend_limit", start="c.period_start")}
+                    ), 0) AS event_cost,
             coalesce((SELECT sum(h.amount) FROM holds h
                       WHERE h.account_id = c.account_id
                         AND (h.api_key_id = c.api_key_id OR h."user" = c."user")), 0)
                 AS holds_total
         FROM c
     )
-    SELECT account_id, subject, spent, event_cost, held, holds_total, (SELECT count(*) FROM c)
-        AS checked
+    SELECT account_id, subject, spent, event_cost, held, holds_total
     FROM totals WHERE spent <> event_cost OR held <> holds_total
     """
 )

@@ -1,7 +1,9 @@
 """Reconciliation (daily, and `tollgate reconcile`): for every account, the balance equals the
 sum of its ledger entries, its usage total equals minus the sum of its usage entries and the
-sum of its usage events' costs, and `held` equals the sum of its holds. Any account where one
-of these fails is logged and counted in the `tollgate_reconciliation_mismatches` gauge.
+sum of its usage events' costs, and `held` equals the sum of its holds; for every spend-limit
+counter, its spend equals the sum of its subject's events in its period and its `held` the
+sum of their holds. Any account or counter where one of these fails is logged and counted in
+the `tollgate_reconciliation_mismatches` gauge.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import msgspec
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.credits import repository as credits
+from app.credits.repository import CounterTotals
 from app.db import job_state
 from app.db.job_state import JobName
 from app.money import money_str
@@ -54,18 +58,32 @@ class Mismatch:
         }
 
 
+def counter_view(c: CounterTotals) -> dict[str, Any]:
+    return {
+        "account_id": str(c.account_id),
+        # A user's value is the customer's data: only whose counter it is, not the value.
+        "subject": c.subject if c.subject.startswith("key:") else "user",
+        "spent": money_str(c.spent),
+        "event_cost": money_str(c.event_cost),
+        "held": money_str(c.held),
+        "holds_total": money_str(c.holds_total),
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class ReconciliationReport:
     ran_at: datetime
     accounts: int
     mismatches: list[Mismatch] = field(default_factory=list)
+    counter_mismatches: list[CounterTotals] = field(default_factory=list)
 
     def view(self) -> dict[str, Any]:
         return {
             "ran_at": self.ran_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "accounts": self.accounts,
-            "mismatches": len(self.mismatches),
+            "mismatches": len(self.mismatches) + len(self.counter_mismatches),
             "details": [m.view() for m in self.mismatches[:MAX_RECORDED]],
+            "counter_details": [counter_view(c) for c in self.counter_mismatches[:MAX_RECORDED]],
         }
 
 
@@ -87,7 +105,14 @@ async def reconcile(session: AsyncSession) -> ReconciliationReport:
         ran_at=datetime.now(UTC),
         accounts=checked,
         mismatches=[Mismatch(row.account_id, failed_identities(row), row) for row in rows],
+        counter_mismatches=await credits.counter_mismatches(session),
     )
+    for counter in report.counter_mismatches:
+        logger.error(
+            "reconciliation mismatch on a spend-limit counter of account %s: %s",
+            counter.account_id,
+            counter_view(counter),
+        )
     for mismatch in report.mismatches:
         logger.error(
             "reconciliation mismatch on account %s: %s (%s)",
@@ -95,11 +120,11 @@ async def reconcile(session: AsyncSession) -> ReconciliationReport:
             "; ".join(mismatch.failed),
             mismatch.view(),
         )
-    MISMATCHES.set(len(report.mismatches))
+    MISMATCHES.set(len(report.mismatches) + len(report.counter_mismatches))
     await job_state.save_result(
         session, JobName.RECONCILIATION, msgspec.json.encode(report.view()).decode()
     )
-    if not report.mismatches:
+    if not report.mismatches and not report.counter_mismatches:
         logger.info("reconciliation: %d accounts, no mismatch", checked)
     return report
 
