@@ -1,6 +1,7 @@
 """Gateway overhead: the same requests direct to a fast upstream and through the gateway.
 
     python bench/gateway_overhead.py [--requests 2000] [--seconds 10] [--commit-per-request]
+                                     [--with-limit]
 
 Starts, as separate processes on loopback: the built-in echo upstream and one gateway process
 (uvicorn, uvloop, httptools) on a fresh database (DATABASE_URL's server, else the embedded
@@ -13,6 +14,10 @@ concurrency 32 here and would measure itself.
 Concurrency 1: requests alternate direct / gateway (A B A B), so drift of the machine cancels;
 reports p50/p99 of each and the added latency (non-stream: full response; stream: first and
 last byte). Concurrency 32: requests per second for each, and the usage writer's commits.
+
+`--with-limit` adds a second key with a daily spend limit (never reached) beside the key
+without one: at concurrency 1 the three alternate (direct, no limit, limit); at 32 the two keys
+take turns twice, so the cost of a limit is read within one run.
 """
 
 from __future__ import annotations
@@ -110,28 +115,33 @@ async def timed(client: aiohttp.ClientSession, url: str, stream: bool) -> tuple[
 
 
 async def latency(
-    direct: str, gateway: str, key: str, n: int, stream: bool
+    direct: str, gateway: str, keys: dict[str, str], n: int, stream: bool
 ) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {
-        "direct_first": [],
-        "direct_last": [],
-        "gw_first": [],
-        "gw_last": [],
-    }
-    async with (
-        aiohttp.ClientSession() as d,
-        aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as g,
-    ):
-        for _ in range(50):  # warm both paths
-            await timed(d, direct, stream)
-            await timed(g, gateway, stream)
-        for _ in range(n):
-            first, last = await timed(d, direct, stream)
-            results["direct_first"].append(first)
-            results["direct_last"].append(last)
-            first, last = await timed(g, gateway, stream)
-            results["gw_first"].append(first)
-            results["gw_last"].append(last)
+    """First and last byte of each request, alternating direct and each key's gateway path."""
+    results: dict[str, list[float]] = {"direct_first": [], "direct_last": []}
+    for name in keys:
+        results[f"{name}_first"], results[f"{name}_last"] = [], []
+    async with aiohttp.ClientSession() as d:
+        clients = {
+            name: aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"})
+            for name, key in keys.items()
+        }
+        try:
+            for _ in range(50):  # warm every path
+                await timed(d, direct, stream)
+                for client in clients.values():
+                    await timed(client, gateway, stream)
+            for _ in range(n):
+                first, last = await timed(d, direct, stream)
+                results["direct_first"].append(first)
+                results["direct_last"].append(last)
+                for name, client in clients.items():
+                    first, last = await timed(client, gateway, stream)
+                    results[f"{name}_first"].append(first)
+                    results[f"{name}_last"].append(last)
+        finally:
+            for client in clients.values():
+                await client.close()
     return results
 
 
@@ -202,37 +212,51 @@ async def main(args: argparse.Namespace) -> None:
             f"/admin/accounts/{account['id']}/credits",
             json={"amount": "1000000", "reference": str(uuid.uuid4())},
         )
-        key = admin.post(f"/admin/accounts/{account['id']}/keys", json={}).json()["key"]
-        print(f"database: {source}; upstream: built-in echo; one gateway process, metering on\n")
+        keys = {"gw": admin.post(f"/admin/accounts/{account['id']}/keys", json={}).json()["key"]}
+        if args.with_limit:
+            limited = {"spend_limit": {"amount": "1000000", "period": "day"}}
+            created = admin.post(f"/admin/accounts/{account['id']}/keys", json=limited)
+            keys["limit"] = created.json()["key"]
+        print(f"database: {source}; upstream: built-in echo; one gateway process, metering on")
+        if args.with_limit:
+            print("gw: a key without a spend limit; limit: a key with a daily limit")
+        print()
 
         for stream in (False, True):
-            r = await latency(direct, f"{gateway}/v1/chat/completions", key, args.requests, stream)
+            r = await latency(direct, f"{gateway}/v1/chat/completions", keys, args.requests, stream)
             label = "stream" if stream else "non-stream"
-            rows = [("last byte", "direct_last", "gw_last")]
-            if stream:
-                rows.insert(0, ("first byte", "direct_first", "gw_first"))
-            for what, d, g in rows:
-                added50 = pct(r[g], 0.5) - pct(r[d], 0.5)
-                added99 = pct(r[g], 0.99) - pct(r[d], 0.99)
-                added_mean = statistics.mean(r[g]) - statistics.mean(r[d])
-                print(
-                    f"c=1 {label:<10} {what:<10} direct p50 {pct(r[d], 0.5):6.2f} ms"
-                    f" p99 {pct(r[d], 0.99):6.2f} | gateway p50 {pct(r[g], 0.5):6.2f} ms"
-                    f" p99 {pct(r[g], 0.99):6.2f} | added p50 {added50:5.2f} ms"
-                    f" p99 {added99:5.2f} ms (mean {added_mean:.2f})"
-                )
+            for name in keys:
+                rows = [("last byte", "direct_last", f"{name}_last")]
+                if stream:
+                    rows.insert(0, ("first byte", "direct_first", f"{name}_first"))
+                for what, d, g in rows:
+                    added50 = pct(r[g], 0.5) - pct(r[d], 0.5)
+                    added99 = pct(r[g], 0.99) - pct(r[d], 0.99)
+                    added_mean = statistics.mean(r[g]) - statistics.mean(r[d])
+                    print(
+                        f"c=1 {label:<10} {name:<5} {what:<10} direct p50 {pct(r[d], 0.5):6.2f} ms"
+                        f" p99 {pct(r[d], 0.99):6.2f} | gateway p50 {pct(r[g], 0.5):6.2f} ms"
+                        f" p99 {pct(r[g], 0.99):6.2f} | added p50 {added50:5.2f} ms"
+                        f" p99 {added99:5.2f} ms (mean {added_mean:.2f})"
+                    )
 
-        before = commits(gateway)
         rps_direct = await throughput(direct, None, args.seconds, 32)
-        start = time.perf_counter()
-        rps_gateway = await throughput(f"{gateway}/v1/chat/completions", key, args.seconds, 32)
-        elapsed = time.perf_counter() - start
-        made = commits(gateway) - before
-        print(
-            f"\nc=32 direct {rps_direct:7.0f} req/s | gateway {rps_gateway:7.0f} req/s metered"
-            f" | {made / elapsed:.0f} commits/s ({rps_gateway * elapsed / max(made, 1):.1f}"
-            " requests per commit)"
-        )
+        print(f"\nc=32 direct {rps_direct:7.0f} req/s")
+        rounds = 2 if args.with_limit else 1
+        for _ in range(rounds):
+            for name, key in keys.items():
+                before = commits(gateway)
+                start = time.perf_counter()
+                rps = await throughput(
+                    f"{gateway}/v1/chat/completions", key, args.seconds / rounds, 32
+                )
+                elapsed = time.perf_counter() - start
+                made = commits(gateway) - before
+                print(
+                    f"c=32 {name:<5} gateway {rps:7.0f} req/s metered"
+                    f" | {made / elapsed:.0f} commits/s ({rps * elapsed / max(made, 1):.1f}"
+                    " requests per commit)"
+                )
     finally:
         for process in processes:
             process.terminate()
@@ -249,5 +273,10 @@ if __name__ == "__main__":
         "--commit-per-request",
         action="store_true",
         help="turn group commit off: one usage commit per request",
+    )
+    parser.add_argument(
+        "--with-limit",
+        action="store_true",
+        help="also measure a key with a daily spend limit, in the same run",
     )
     asyncio.run(main(parser.parse_args()))

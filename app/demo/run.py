@@ -19,14 +19,18 @@ import uvicorn
 
 from app.accounts import repository as accounts_repository
 from app.accounts import service as accounts
+from app.accounts.schemas import KeyChanges
 from app.config import load_settings
 from app.credits import service as credits
+from app.credits.limits import LimitPeriod, SpendLimit
 from app.credits.schemas import LedgerKind
 from app.db import migrate
 from app.db.embedded import start_embedded_postgres
 from app.db.engine import create_engine, create_sessionmaker, unit_of_work
 
 DEMO_CREDIT = "10.00"
+DEMO_KEY_LIMIT = SpendLimit(Decimal("5.00"), LimitPeriod.DAY, "UTC")
+DEMO_USER_LIMIT = SpendLimit(Decimal("0.50"), LimitPeriod.DAY, "UTC")
 
 
 def _free_port() -> int:
@@ -52,7 +56,13 @@ async def _seed(database_url: str, known: uuid.UUID | None) -> tuple[str, str]:
                 reference="demo-welcome-credit",
                 description="Demo credit",
             )
-            _, plaintext = await accounts.issue_key(session, account.id, name="demo")
+            # Spend controls to see at once: a daily limit on the demo key (`GET /v1/key`) and
+            # one per end user (each `user` of a request).
+            locked = await credits.lock_account(session, account.id)
+            await credits.set_user_limit(session, locked, DEMO_USER_LIMIT)
+            _, plaintext = await accounts.issue_key(
+                session, account.id, changes=KeyChanges(name="demo", spend_limit=DEMO_KEY_LIMIT)
+            )
             return str(account.id), plaintext
     finally:
         await engine.dispose()
@@ -89,7 +99,13 @@ later by its x-request-id:
   print(reply.choices[0].message.content, reply.usage)
   PY
 
-Dashboard: {gateway}/dashboard (sign in with the API key above)
+Spend controls: this key may spend €{DEMO_KEY_LIMIT.amount} a day, and each end user (a
+request's "user") €{DEMO_USER_LIMIT.amount} a day; past either, a 402 says when it resets:
+
+  curl {gateway}/v1/key -H "Authorization: Bearer {key}"
+
+Dashboard: {gateway}/dashboard (sign in with the API key above; its Keys page creates keys
+with their own spend limits, models and expiry)
 
 Press Ctrl+C to stop.
 """

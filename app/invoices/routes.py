@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Response, Router, get, post
+from litestar import Request, Response, Router, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
@@ -12,6 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.auth import Principal
 from app.admin.guards import require_admin
+from app.audit import service as audit
+from app.audit.service import ADMIN_TOKEN, Actor, AuditAction
+from app.db.engine import unit_of_work
 from app.errors import InvalidRequest
 from app.invoices import repository, service, tasks
 from app.invoices.schemas import RunInvoices
@@ -52,7 +55,9 @@ async def get_invoice_pdf(
 
 
 @post("/run", status_code=200)
-async def run_invoices(data: JSONBody[RunInvoices], state: State) -> dict[str, Any]:
+async def run_invoices(
+    request: Request[Any, Any, Any], data: JSONBody[RunInvoices], state: State
+) -> dict[str, Any]:
     """Run the monthly invoice job for `period` now, synchronously: 200 with all of the
     period's invoices; a second run issues none."""
     try:
@@ -60,6 +65,17 @@ async def run_invoices(data: JSONBody[RunInvoices], state: State) -> dict[str, A
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="period") from exc
     result = await tasks.run_invoices(state.sessionmaker, period, billing(state))
+    if result.created:
+        # Each invoice commits on its own (the job's unit of work is one account), so the
+        # run is recorded once they have, with the numbers it issued.
+        async with unit_of_work(state.sessionmaker) as db:
+            await audit.record(
+                db,
+                Actor(ADMIN_TOKEN, request.client.host if request.client else None),
+                AuditAction.INVOICES_RUN,
+                object_id=period.label,
+                after={"period": period.label, "issued": result.created},
+            )
     return result.as_json()
 
 
