@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     )
 
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    smtp_url: str | None = Field(default=None, validation_alias="TOLLGATE_SMTP_URL")
+    mail_from: str = Field(
+        default="Tollgate <billing@localhost>", validation_alias="TOLLGATE_MAIL_FROM"
+    )
+    # The delivery worker of the outbox (SPEC 11), on every instance.
+    notifications_enabled: bool = Field(default=True, validation_alias="TOLLGATE_NOTIFICATIONS")
+    # The first retry after this long, then ×3 each time, for 24 hours.
+    notification_retry_seconds: float = Field(
+        default=10.0, gt=0, validation_alias="TOLLGATE_NOTIFICATION_RETRY_SECONDS"
+    )
 
     stripe_api_key: str | None = Field(default=None, validation_alias="STRIPE_API_KEY")
     stripe_webhook_secret: str | None = Field(

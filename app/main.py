@@ -38,6 +38,8 @@ from app.limits.service import RateLimiter
 from app.metering.routes import get_generation, ingest_events
 from app.metering.writer import UsageWriter
 from app.middleware import add_request_id
+from app.notifications.routes import notification_admin_router
+from app.notifications.tasks import NotificationWorker
 from app.payments import runtime as payments
 from app.payments.routes import payment_routes
 from app.pricing import load_catalog
@@ -102,6 +104,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             tiers=tiers,
             writer=writer,
         )
+        notifications = None
+        if settings.notifications_enabled:
+            notifications = NotificationWorker(sessionmaker, settings)
+            notifications.start()
+        app.state.notifications = notifications
         scheduler = None
         if settings.scheduler_enabled:
             scheduler = Scheduler(engine, [*default_jobs(), *billing_jobs(app.state)])
@@ -111,6 +118,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             if scheduler is not None:
                 await scheduler.close()
+            if notifications is not None:
+                await notifications.close()
             # Requests have drained (uvicorn waits for them); flush what they settled.
             await writer.close()
             await payments.shutdown(app.state)
@@ -129,6 +138,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             healthz,
             MetricsController,
             admin_router,
+            notification_admin_router,
             get_account,
             get_credits,
             get_key,

@@ -18,6 +18,8 @@ from app.credits import service as credits
 from app.credits.limits import LimitPeriod, SpendLimit
 from app.db.models import Account, ApiKey
 from app.errors import InvalidRequest, NotFound, PermissionDenied
+from app.notifications import service as notifications
+from app.notifications.schemas import EventType
 
 
 async def create_account(session: AsyncSession, *, name: str, email: str | None) -> Account:
@@ -169,6 +171,7 @@ async def suspend(session: AsyncSession, account_id: uuid.UUID, reason: str) -> 
     account.suspended_at = datetime.now(UTC)
     account.suspension_reason = reason
     await session.flush()
+    await notifications.emit(session, account.id, EventType.ACCOUNT_SUSPENDED, {"reason": reason})
     return Suspension(account, changed=True)
 
 

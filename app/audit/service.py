@@ -31,6 +31,9 @@ class AuditAction(StrEnum):
     KEY_REVOKED = "key.revoked"
     CREDIT_ADDED = "credit.added"
     INVOICES_RUN = "invoices.run"
+    WEBHOOK_ENDPOINT_CREATED = "webhook_endpoint.created"
+    WEBHOOK_ENDPOINT_DELETED = "webhook_endpoint.deleted"
+    WEBHOOK_DELIVERY_RETRIED = "webhook_delivery.retried"
 
 
 @dataclass(frozen=True, slots=True)

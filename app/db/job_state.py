@@ -27,6 +27,7 @@ class JobName(StrEnum):
     MONTHLY_INVOICES = "monthly_invoices"
     AUTO_RECHARGE = "auto_recharge"
     STRIPE_EVENT_RETRY = "stripe_event_retry"
+    NOTIFICATION_DISPATCH = "notification_dispatch"
 
 
 def lock_key(name: str) -> int:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -55,6 +56,11 @@ class Account(Base):
     low_balance_threshold: Mapped[Decimal | None] = mapped_column(Numeric(38, 12))
     suspended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     suspension_reason: Mapped[str | None] = mapped_column(Text)
+    # Notifications (SPEC 11): whether `credit.low` / `credit.depleted` may fire again (they
+    # fire once per crossing and re-arm when credit is added), and the emails turned off.
+    low_balance_armed: Mapped[bool] = mapped_column(server_default=text("true"))
+    depleted_armed: Mapped[bool] = mapped_column(server_default=text("true"))
+    emails_off: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -136,6 +142,8 @@ class SpendCounter(Base):
     period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     spent: Mapped[Money] = mapped_column(server_default=text("0"))
     held: Mapped[Money] = mapped_column(server_default=text("0"))
+    # The period whose `*.limit_reached` was sent: once per period.
+    notified_period: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class AuditEntry(Base):
@@ -467,3 +475,101 @@ class InvoiceLine(Base):
     per: Mapped[int] = mapped_column(BigInteger)
     amount_exact: Mapped[Money]
     amount: Mapped[Money]
+
+
+# ── Notifications (issue #16, SPEC 11) ───────────────────────────────────────────────────────
+DELIVERY_CHANNELS = ("webhook", "email")
+DELIVERY_STATUSES = ("pending", "succeeded", "failed")
+
+
+class NotificationEvent(Base):
+    """The outbox: one row per event, written in the transaction of the change that causes it.
+    The dispatcher fans it out into deliveries (one per subscribed endpoint, and an email) and
+    marks it dispatched; `seq` orders an account's events."""
+
+    __tablename__ = "notification_events"
+    __table_args__ = (
+        Index(
+            "ix_notification_events_undispatched",
+            "seq",
+            postgresql_where=text("dispatched_at IS NULL"),
+        ),
+    )
+
+    account_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    id: Mapped[str] = mapped_column(Text, primary_key=True)  # msg_…: the webhook-id
+    seq: Mapped[int] = mapped_column(BigInteger, Identity())
+    type: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, object]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookEndpoint(Base):
+    """An operator's endpoint (SPEC 5, 11); `events` None: every type. Deleting keeps the row
+    (its deliveries stay listed) and stops new deliveries."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class NotificationDelivery(Base):
+    """One event to one endpoint, or to the account's email address, until it succeeds or
+    its retries run out. Unique per (event, channel, endpoint), so a fan-out run twice makes
+    nothing twice."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        UniqueConstraint(
+            "account_id",
+            "event_id",
+            "channel",
+            "endpoint_id",
+            postgresql_nulls_not_distinct=True,
+        ),
+        CheckConstraint(f"channel IN {DELIVERY_CHANNELS!r}", name="channel"),
+        CheckConstraint(f"status IN {DELIVERY_STATUSES!r}", name="status"),
+        Index(
+            "ix_notification_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index("ix_notification_deliveries_endpoint", "endpoint_id", "created_at"),
+    )
+
+    account_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    event_id: Mapped[str] = mapped_column(Text)
+    seq: Mapped[int] = mapped_column(BigInteger)  # the event's: order per account
+    channel: Mapped[str] = mapped_column(Text)
+    endpoint_id: Mapped[uuid.UUID | None]
+    email_to: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class DeliveryAttempt(Base):
+    __tablename__ = "delivery_attempts"
+
+    account_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -30,6 +30,8 @@ from app.invoices.compute import (
 )
 from app.invoices.pdf import render_pdf
 from app.money import money_str
+from app.notifications import service as notifications
+from app.notifications.schemas import EventType
 from app.payments.config import Seller
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,17 @@ async def issue_invoice(
         seller=seller.as_json(),
     )
     await repository.insert_invoice(session, invoice, lines)
+    await notifications.emit(
+        session,
+        account_id,
+        EventType.INVOICE_FINALIZED,
+        {
+            "invoice_id": str(invoice.id),
+            "number": invoice.number,
+            "amount_due": invoice.amount_due,
+            "currency": invoice.currency,
+        },
+    )
     return Issued(invoice, lines)
 
 

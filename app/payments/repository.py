@@ -379,15 +379,16 @@ async def finish_attempt(
     payment_intent_id: str | None,
     status: str,
     error: str | None = None,
-) -> bool:
-    """Move a pending attempt (by id, else by PaymentIntent) to its outcome. False when it
-    was already finished: each outcome is counted once, whichever path reports it first."""
+) -> tuple[Decimal, str] | None:
+    """Move a pending attempt (by id, else by PaymentIntent) to its outcome; returns its
+    amount and currency, or None when it was already finished: each outcome is counted once,
+    whichever path reports it first."""
     if attempt_id is not None:
         match = RechargeAttempt.id == attempt_id
     elif payment_intent_id is not None:
         match = RechargeAttempt.payment_intent_id == payment_intent_id
     else:
-        return False
+        return None
     values: dict[str, Any] = {"status": status, "error": error, "finished_at": func.now()}
     if payment_intent_id is not None:
         values["payment_intent_id"] = payment_intent_id
@@ -399,9 +400,10 @@ async def finish_attempt(
             RechargeAttempt.status == "pending",
         )
         .values(**values)
-        .returning(RechargeAttempt.id)
+        .returning(RechargeAttempt.amount, RechargeAttempt.currency)
     )
-    return result.first() is not None
+    row = result.first()
+    return None if row is None else (row.amount, row.currency)
 
 
 async def reset_recharge_failures(session: AsyncSession, account_id: uuid.UUID) -> None:

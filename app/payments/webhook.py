@@ -27,7 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.credits import repository as ledger
 from app.credits.schemas import LedgerKind
+from app.db.models import Account
 from app.errors import InvalidRequest
+from app.notifications import service as notifications
+from app.notifications.schemas import EventType
 from app.payments import repository
 from app.payments.config import BillingConfig
 from app.payments.currency import from_minor
@@ -170,6 +173,15 @@ async def _credit_payment(
         description=description,
         details=details,
     )
+    if entry is not None:
+        await notifications.emit(
+            session,
+            account_id,
+            EventType.AUTO_RECHARGE_SUCCEEDED
+            if source == "auto_recharge"
+            else EventType.PAYMENT_SUCCEEDED,
+            {"amount": amount, "currency": await _currency(session, account_id)},
+        )
     if payment_intent_id is not None:
         await repository.insert_payment(
             session,
@@ -228,6 +240,12 @@ async def reverse_refunds(session: AsyncSession, charge: Fields) -> Outcome:
         payment_intent_id=payment.payment_intent_id,
         refunded_minor=refunded,
     )
+    await notifications.emit(
+        session,
+        payment.account_id,
+        EventType.PAYMENT_REFUNDED,
+        {"amount": amount, "currency": payment.currency, "charge": charge_id},
+    )
     return Outcome.REVERSED
 
 
@@ -266,7 +284,15 @@ async def reverse_dispute(session: AsyncSession, dispute: Fields) -> Outcome:
             "reason": reason,
         },
     )
-    return Outcome.REVERSED if entry is not None else Outcome.ALREADY_REVERSED
+    if entry is None:
+        return Outcome.ALREADY_REVERSED
+    await notifications.emit(
+        session,
+        payment.account_id,
+        EventType.PAYMENT_REFUNDED,
+        {"amount": amount, "currency": payment.currency, "dispute": dispute_id},
+    )
+    return Outcome.REVERSED
 
 
 async def payment_intent_succeeded(session: AsyncSession, intent: Fields) -> Outcome:
@@ -384,19 +410,32 @@ async def fail_recharge(
 ) -> Outcome:
     """Mark the attempt failed and back off, once per attempt (the synchronous decline and
     the `payment_intent.payment_failed` event report the same failure)."""
-    if not await repository.finish_attempt(
+    finished = await repository.finish_attempt(
         session,
         account_id=account_id,
         attempt_id=attempt_id,
         payment_intent_id=payment_intent_id,
         status="failed",
         error=reason,
-    ):
+    )
+    if finished is None:
         return Outcome.ALREADY_FINISHED
     await repository.back_off_recharge(
         session, account_id, base=config.recharge_backoff, ceiling=config.recharge_backoff_max
     )
+    amount, currency = finished
+    await notifications.emit(
+        session,
+        account_id,
+        EventType.AUTO_RECHARGE_FAILED,
+        {"amount": amount, "currency": currency, "reason": reason},
+    )
     return Outcome.RECHARGE_FAILED
+
+
+async def _currency(session: AsyncSession, account_id: uuid.UUID) -> str:
+    account = await session.get(Account, account_id)
+    return account.currency if account is not None else "EUR"
 
 
 # ── small parsers ───────────────────────────────────────────────────────────────────────────
