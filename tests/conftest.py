@@ -69,6 +69,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "DATABASE_URL": database_url,
         "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN,
         "TOLLGATE_SCHEDULER": False,
+        # The outbox's worker only where a test asks for it: another test's gateway, still
+        # running, would otherwise deliver (or not email) what this one's should.
+        "TOLLGATE_NOTIFICATIONS": False,
         "UPSTREAM_BASE_URL": "http://127.0.0.1:9/v1",
         "UPSTREAM_API_KEY": "upstream-secret",
     }

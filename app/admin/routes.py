@@ -75,6 +75,7 @@ async def update_account(
             if data.low_balance_threshold is None
             else _money(data.low_balance_threshold, "low_balance_threshold")
         )
+        account.low_balance_armed = True  # a new threshold: the next crossing notifies
     if data.user_spend_limit is not UNSET:
         await credits.set_user_limit(db, account, user_spend_limit(data.user_spend_limit))
     await db.flush()

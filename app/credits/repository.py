@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import asyncpg
 import msgspec
-from sqlalchemy import select, text, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,6 +29,8 @@ from app.credits.schemas import LedgerKind
 from app.db.engine import DriverStatement
 from app.db.models import Account, LedgerEntry, SpendCounter
 from app.metering.schemas import EVENT_COLUMNS, Settlement, UsageEventRecord
+from app.notifications.repository import outbox_insert_sql
+from app.notifications.schemas import EventType
 
 
 async def append_entry(
@@ -64,6 +66,15 @@ async def append_entry(
     if inserted is None:
         return None
     totals: dict[str, object] = {"balance": Account.balance + amount}
+    if amount > 0:
+        # Credit added: `credit.depleted` may fire again, and `credit.low` once available
+        # credit is at or above the threshold again (SPEC 11).
+        totals["depleted_armed"] = True
+        totals["low_balance_armed"] = or_(
+            Account.low_balance_armed,
+            Account.low_balance_threshold.is_(None),
+            Account.balance + amount - Account.held >= Account.low_balance_threshold,
+        )
     if kind.moves_total_purchased:
         totals["total_purchased"] = Account.total_purchased + amount
     if kind.moves_total_usage:
@@ -83,6 +94,20 @@ _FIELDS = ", ".join(
     f'e -> {i} AS "{name}"' if kind == "jsonb" else f'CAST(e ->> {i} AS {kind}) AS "{name}"'
     for i, (name, kind) in enumerate(EVENT_COLUMNS)
 )
+
+
+def money_text_sql(amount: str) -> str:
+    """A money expression as `money_str` writes it: at least two decimals, no trailing zeros."""
+    return f"regexp_replace(CAST({amount} AS text), '(\\.[0-9]{{2}}[0-9]*?)0+$', '\\1')"
+
+
+_CREDIT_LOW_ROWS = f"""
+    SELECT id AS account_id, '{EventType.CREDIT_LOW}' AS type,
+           jsonb_build_object('account_id', id, 'available', {money_text_sql("available")},
+                              'threshold', {money_text_sql("threshold")}, 'currency', currency)
+               AS data
+    FROM moved WHERE crossed
+"""
 
 # How admitted events (`admitted`: account_id, api_key_id, user, time, cost) and released
 # holds (`released`: account_id, api_key_id, user, amount) move the period counters of their
@@ -171,20 +196,31 @@ SETTLE_SQL = text(
         -- would take them in physical order), so concurrent settlements of several accounts
         -- (the usage writers of several processes, ingestions) queue instead of deadlocking.
         -- A locked row is read in its latest version: the spend limits as they are now.
-        SELECT id, key_spend_limits, user_spend_limit
+        SELECT id, key_spend_limits, user_spend_limit, low_balance_armed
         FROM accounts WHERE id IN (SELECT account_id FROM deltas)
         ORDER BY id FOR NO KEY UPDATE
     ), moved AS (
         UPDATE accounts a
         SET balance = a.balance + d.spent,
             total_usage = a.total_usage - d.spent,
-            held = a.held - d.released
+            held = a.held - d.released,
+            -- `credit.low` fires once per crossing (SPEC 11): usage that takes available
+            -- credit below the threshold disarms it; a credit re-arms it (`append_entry`).
+            low_balance_armed = a.low_balance_armed AND NOT (
+                a.low_balance_threshold IS NOT NULL AND d.spent < 0
+                AND a.balance + d.spent - (a.held - d.released) < a.low_balance_threshold
+            )
         FROM locked, (
             SELECT account_id, sum(spent) AS spent, sum(released) AS released
             FROM deltas GROUP BY account_id
         ) d
         WHERE a.id = locked.id AND d.account_id = locked.id
-        RETURNING a.id
+        RETURNING a.id, a.currency, a.balance - a.held AS available,
+                  a.low_balance_threshold AS threshold,
+                  locked.low_balance_armed AND NOT a.low_balance_armed AS crossed
+    ), low AS (
+        {outbox_insert_sql(_CREDIT_LOW_ROWS)}
+        RETURNING 1
     ), admitted AS (
         SELECT i.account_id, i.api_key_id, i."user", i.time, i.cost
         FROM input i JOIN ledger USING (account_id, id)

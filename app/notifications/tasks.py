@@ -37,6 +37,7 @@ ATTEMPT_TIMEOUT = 10.0  # seconds per webhook request or SMTP session
 RETRY_FOR = timedelta(hours=24)
 LEASE_SECONDS = 60.0  # longer than an attempt: a lease outlives its send unless the process died
 MAX_DELAY = timedelta(hours=6)
+DISPATCH_BATCH = 500  # events fanned out per transaction
 
 DELIVERIES = Metric(
     "tollgate_webhook_deliveries",
@@ -88,11 +89,12 @@ class NotificationWorker:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
+        # A send cut short is retried after its lease, by this or another instance: shutting
+        # down does not wait for a slow endpoint.
+        for task in list(self._sends):
+            task.cancel()
         if self._sends:
-            # A send cut short is retried after its lease, by this or another instance.
-            await asyncio.wait(self._sends, timeout=ATTEMPT_TIMEOUT)
-            for task in self._sends:
-                task.cancel()
+            await asyncio.wait(self._sends, timeout=1)
         if self._client is not None:
             await self._client.close()
 
@@ -108,13 +110,17 @@ class NotificationWorker:
 
     async def run_once(self) -> int:
         """Fan out what is new and start the sends that are due; returns how many started."""
-        async with unit_of_work(self._sessionmaker) as session:
-            await repository.dispatch(
-                session,
-                lock=lock_key(JobName.NOTIFICATION_DISPATCH),
-                email_types=[t.value for t in EMAIL_SUBJECTS],
-                email_on=self.email_on,
-            )
+        while True:  # a batch per transaction, until the outbox is drained
+            async with unit_of_work(self._sessionmaker) as session:
+                events, _ = await repository.dispatch(
+                    session,
+                    lock=lock_key(JobName.NOTIFICATION_DISPATCH),
+                    email_types=[t.value for t in EMAIL_SUBJECTS],
+                    email_on=self.email_on,
+                    n=DISPATCH_BATCH,
+                )
+            if events < DISPATCH_BATCH:
+                break
         free = self._slots - len(self._sends)
         if free <= 0:
             return 0
