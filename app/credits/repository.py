@@ -98,7 +98,8 @@ _FIELDS = ", ".join(
 
 def money_text_sql(amount: str) -> str:
     """A money expression as `money_str` writes it: at least two decimals, no trailing zeros."""
-    return f"regexp_replace(CAST({amount} AS text), '(\\.[0-9]{{2}}[0-9]*?)0+$', '\\1')"
+    scaled = f"CAST(CAST({amount} AS numeric(38, 12)) AS text)"
+    return f"regexp_replace({scaled}, '(\\.[0-9]{{2}}[0-9]*?)0+$', '\\1')"
 
 
 _CREDIT_LOW_ROWS = f"""
@@ -341,6 +342,26 @@ class HoldOutcome:
 
 _HOLD_LIMIT = "h.spend_limit"
 
+_REFUSAL_EVENTS = f"""
+    SELECT account_id, '{EventType.CREDIT_DEPLETED}' AS type,
+           jsonb_build_object('account_id', account_id, 'available',
+                              {money_text_sql("available")}, 'threshold',
+                              {money_text_sql("threshold")}, 'currency', currency) AS data
+    FROM depleted
+    UNION ALL
+    SELECT r.account_id,
+           CASE WHEN r.subject LIKE 'key:%' THEN '{EventType.KEY_LIMIT_REACHED}'
+                ELSE '{EventType.USER_LIMIT_REACHED}' END,
+           CASE WHEN r.subject LIKE 'key:%'
+                THEN jsonb_build_object('api_key_id', substr(r.subject, 5))
+                ELSE jsonb_build_object('user', substr(r.subject, 6)) END
+           || jsonb_build_object(
+               'account_id', r.account_id,
+               'limit', {money_text_sql("CAST(r.stored_limit ->> 'amount' AS numeric)")},
+               'period', r.stored_limit ->> 'period', 'currency', l.currency)
+    FROM reached r JOIN locked l ON l.id = r.account_id
+"""
+
 # Holds of one or many requests in one statement, atomic: the account rows are locked first,
 # in id order as settlements lock them, and a locked row is read in its latest version, so
 # concurrent holds from any number of processes can never reserve more than the balance. Each
@@ -358,10 +379,11 @@ HOLDS_SQL = text(
             CAST(:key_ids AS uuid[]), CAST(:users AS text[]), CAST(:ats AS timestamptz[])
         ) AS t(account_id, id, amount, api_key_id, "user", at)
     ), wanted AS (
-        SELECT account_id, sum(amount) AS total FROM input GROUP BY account_id
+        SELECT account_id, sum(amount) AS total, count(*) AS n FROM input GROUP BY account_id
     ), locked AS MATERIALIZED (
         SELECT id, balance, held, total_purchased, total_usage, key_spend_limits,
-               user_spend_limit, suspended_at IS NOT NULL AS suspended
+               user_spend_limit, suspended_at IS NOT NULL AS suspended, depleted_armed, currency,
+               low_balance_threshold
         FROM accounts WHERE id IN (SELECT account_id FROM wanted)
         ORDER BY id FOR NO KEY UPDATE
     ), limited AS (
@@ -374,7 +396,8 @@ HOLDS_SQL = text(
         FROM input i JOIN locked l ON l.id = i.account_id
         WHERE i."user" IS NOT NULL AND l.user_spend_limit IS NOT NULL
     ), subjects AS (
-        SELECT account_id, subject, CAST(h.spend_limit ->> 'amount' AS numeric) AS spend_limit,
+        SELECT account_id, subject, h.spend_limit AS stored_limit,
+               CAST(h.spend_limit ->> 'amount' AS numeric) AS spend_limit,
                max({period_start_sql(_HOLD_LIMIT, "h.at")}) AS period_start,
                max({period_end_sql(_HOLD_LIMIT, "h.at")}) AS resets_at,
                sum(amount) AS wanted
@@ -385,13 +408,14 @@ HOLDS_SQL = text(
         WHERE (c.account_id, c.subject) IN (SELECT account_id, subject FROM subjects)
         ORDER BY c.account_id, c.subject FOR UPDATE
     ), checked AS (
-        SELECT s.account_id, s.subject, s.spend_limit, s.period_start, s.resets_at, s.wanted,
+        SELECT s.account_id, s.subject, s.stored_limit, s.spend_limit, s.period_start,
+               s.resets_at, s.wanted,
                c.subject IS NULL AS unseen,
                c.subject IS NOT NULL AND s.spend_limit >= s.wanted + c.held
                    + CASE WHEN s.period_start > c.period_start THEN 0 ELSE c.spent END AS within
         FROM subjects s LEFT JOIN counters c USING (account_id, subject)
     ), decided AS (
-        SELECT l.id, w.total,
+        SELECT l.id, w.total, w.n = 1 AS alone,
                NOT l.suspended AND l.balance - l.held >= w.total
                AND NOT EXISTS (
                    SELECT 1 FROM checked ch WHERE ch.account_id = l.id AND NOT ch.within
@@ -415,6 +439,29 @@ HOLDS_SQL = text(
         ORDER BY account_id, subject
         ON CONFLICT DO NOTHING
         RETURNING 1
+    ), depleted AS (
+        -- `credit.depleted` (SPEC 11): the first refusal for credit after it ran out, re-armed
+        -- by a credit. Only for a hold asked alone: a batch refused whole is asked again so.
+        UPDATE accounts a SET depleted_armed = false
+        FROM decided d JOIN locked l ON l.id = d.id
+        WHERE a.id = d.id AND NOT d.granted AND d.alone AND NOT l.suspended
+          AND l.depleted_armed AND l.balance - l.held < d.total
+          AND NOT EXISTS (  -- refused by a limit: that 402 says so, not this one
+              SELECT 1 FROM checked ch WHERE ch.account_id = d.id AND NOT ch.within
+          )
+        RETURNING a.id AS account_id, l.balance - l.held AS available,
+                  l.low_balance_threshold AS threshold, l.currency
+    ), reached AS (
+        -- `*.limit_reached`: the first refusal by a limit in each of its periods.
+        UPDATE spend_counters c SET notified_period = ch.period_start
+        FROM checked ch JOIN decided d ON d.id = ch.account_id
+        WHERE NOT d.granted AND d.alone AND NOT ch.within AND NOT ch.unseen
+          AND c.account_id = ch.account_id AND c.subject = ch.subject
+          AND c.notified_period IS DISTINCT FROM ch.period_start
+        RETURNING c.account_id, c.subject, ch.stored_limit
+    ), notified AS (
+        {outbox_insert_sql(_REFUSAL_EVENTS)}
+        RETURNING 1
     ), placed AS (
         INSERT INTO holds (account_id, id, amount, expires_at, api_key_id, "user")
         SELECT i.account_id, i.id, i.amount, now() + make_interval(secs => :lease),
@@ -426,8 +473,13 @@ HOLDS_SQL = text(
            refused.subject AS refused_subject, refused.spend_limit, refused.resets_at,
            EXISTS (SELECT 1 FROM checked ch WHERE ch.account_id = l.id AND ch.unseen) AS unseen,
            -- A hold is a reservation, not money: it need not wait for the WAL flush. Lost in a
-           -- database crash, it vanishes together with its `held` increment.
-           set_config('synchronous_commit', 'off', true) AS async_commit
+           -- database crash, it vanishes together with its `held` increment. A notification
+           -- written here is a promise to someone: that commit waits.
+           set_config(
+               'synchronous_commit',
+               CASE WHEN EXISTS (SELECT 1 FROM notified) THEN 'on' ELSE 'off' END,
+               true
+           ) AS commit_mode
     FROM locked l JOIN decided d ON d.id = l.id
     LEFT JOIN LATERAL (
         SELECT ch.subject, ch.spend_limit, ch.resets_at FROM checked ch

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import ADMIN_TOKEN, Gateways
 from tests.gateway.conftest import FIXTURE_PRICING, upstream
+from tests.payments.apps import WEBHOOK_SECRET
 from tests.support.live import LiveServer
 from tests.support.receivers import MailSink, WebhookReceiver, serve_receiver
 from tests.support.upstream import FakeUpstream
@@ -42,6 +43,7 @@ def notifying(
         TOLLGATE_NOTIFICATION_RETRY_SECONDS=0.3,
         TOLLGATE_SMTP_URL=mail_sink.url,
         TOLLGATE_MAIL_FROM="Tollgate Billing <billing@tollgate.test>",
+        STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
     )
 
 

@@ -216,15 +216,17 @@ async def test_an_event_committed_by_a_killed_gateway_is_delivered_after_restart
     hook.secret = endpoint["secret"]
     second = GatewayProcess(env).start()
     try:
-        # The first gateway's failed attempt is due again 10 s after it (the first retry).
-        (got,) = await hook.wait_for(1, seconds=20)
         async with httpx.AsyncClient(
             base_url=second.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
         ) as admin:
+            listing = f"/admin/webhook-endpoints/{endpoint['id']}/deliveries"
+            (pending,) = (await admin.get(listing)).json()["data"]
+            assert pending["status"] == "pending" and pending["attempts"]
+            # Due now rather than at its back-off (the operator's "retry now").
+            await admin.post(f"{listing}/{pending['id']}/retry")
+            (got,) = await hook.wait_for(1, seconds=20)
             await asyncio.sleep(0.5)
-            deliveries = (
-                await admin.get(f"/admin/webhook-endpoints/{endpoint['id']}/deliveries")
-            ).json()["data"]
+            deliveries = (await admin.get(listing)).json()["data"]
     finally:
         second.stop()
     (delivery,) = deliveries
