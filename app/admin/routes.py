@@ -206,6 +206,7 @@ async def add_credit(
     account_id: FromPath[str],
     data: JSONBody[AddCredit],
     db: NamedDependency[AsyncSession],
+    state: State,
 ) -> dict[str, Any]:
     amount = _money(data.amount, "amount")
     result = await credits.add_credit(
@@ -215,6 +216,7 @@ async def add_credit(
         kind=data.kind,
         reference=data.reference,
         description=data.description,
+        tiers=state.tiers,
     )
     view = credits.ledger_entry_view(result.entry)
     if result.created:

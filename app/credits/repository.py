@@ -26,10 +26,11 @@ from app.credits.limits import (
     period_start_sql,
 )
 from app.credits.schemas import LedgerKind
+from app.credits.tiers import TierTable
 from app.db.engine import DriverStatement
 from app.db.models import Account, LedgerEntry, SpendCounter
 from app.metering.schemas import EVENT_COLUMNS, Settlement, UsageEventRecord
-from app.notifications.repository import outbox_insert_sql
+from app.notifications.repository import insert_event, new_message_id, outbox_insert_sql
 from app.notifications.schemas import EventType
 
 
@@ -42,6 +43,7 @@ async def append_entry(
     reference: str,
     description: str | None = None,
     details: dict[str, object] | None = None,
+    tiers: TierTable | None = None,
 ) -> LedgerEntry | None:
     """Insert one ledger entry and move the account's totals in the same transaction.
 
@@ -80,7 +82,25 @@ async def append_entry(
     if kind.moves_total_usage:
         # The settle statement below moves it for usage in SQL, the same way.
         totals["total_usage"] = Account.total_usage - amount
-    await session.execute(update(Account).where(Account.id == account_id).values(**totals))
+    moved = (
+        await session.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .values(**totals)
+            .returning(Account.total_purchased, Account.total_usage)
+        )
+    ).one()
+    if tiers is not None and kind.moves_total_purchased:
+        before = tiers.tier_for(moved.total_purchased - amount, moved.total_usage)
+        after = tiers.tier_for(moved.total_purchased, moved.total_usage)
+        if before.name != after.name:  # the new limits apply from the next request anyway
+            await insert_event(
+                session,
+                account_id,
+                new_message_id(),
+                EventType.TIER_CHANGED,
+                {"account_id": str(account_id), "from": before.name, "to": after.name},
+            )
     return await session.get(LedgerEntry, (account_id, entry_id))
 
 

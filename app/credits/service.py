@@ -33,6 +33,7 @@ async def add_credit(
     kind: LedgerKind | str,
     reference: str | None,
     description: str | None = None,
+    tiers: TierTable | None = None,
 ) -> CreditResult:
     if kind not in CREDIT_KINDS:
         raise InvalidRequest(f"kind must be one of {', '.join(CREDIT_KINDS)}", param="kind")
@@ -52,6 +53,7 @@ async def add_credit(
         amount=amount,
         reference=reference,
         description=description,
+        tiers=tiers,
     )
     if entry is not None:
         return CreditResult(entry=entry, created=True)

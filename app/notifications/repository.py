@@ -26,6 +26,10 @@ from app.notifications.schemas import DeliveryStatus
 MESSAGE_ID_SQL = "'msg_' || replace(CAST(gen_random_uuid() AS text), '-', '')"
 
 
+def new_message_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
 def outbox_insert_sql(rows: str) -> str:
     """An INSERT of the events `rows` selects as (account_id, type, data jsonb)."""
     return (

@@ -22,16 +22,12 @@ from app.notifications.schemas import CreateEndpoint, EventType
 MAX_DELIVERIES_LISTED = 200
 
 
-def new_message_id() -> str:
-    return f"msg_{uuid.uuid4().hex}"
-
-
 async def emit(
     session: AsyncSession, account_id: uuid.UUID, type_: EventType, data: dict[str, Any]
 ) -> str:
     """Write an event to the outbox in the caller's transaction; returns its id. `data` gets
     the account's id; money in it is passed as Decimal and written as a decimal string."""
-    event_id = new_message_id()
+    event_id = repository.new_message_id()
     body = {"account_id": str(account_id)}
     body.update({k: money_str(v) if isinstance(v, Decimal) else v for k, v in data.items()})
     await repository.insert_event(session, account_id, event_id, type_.value, body)

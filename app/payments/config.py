@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from app.config import Settings
+from app.credits.tiers import TierTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,9 @@ class BillingConfig:
     # Invoices for a month are issued this long after it ends, so late usage is included.
     invoice_grace: timedelta = timedelta(hours=72)
     seller: Seller = field(default_factory=Seller)
+    # The tiers, so a payment or refund that moves an account to another tier says so
+    # (`tier.changed`, SPEC 11).
+    tiers: TierTable | None = None
 
     @property
     def stripe_enabled(self) -> bool:

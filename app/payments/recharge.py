@@ -162,7 +162,7 @@ async def apply_recharge_intent(
     )
     if status == "succeeded":
         try:
-            return await credit_recharge_intent(session, fields)
+            return await credit_recharge_intent(session, fields, tiers=config.tiers)
         except EventRefused as refused:
             return refused.outcome
     if status in ("requires_payment_method", "requires_action", "canceled"):

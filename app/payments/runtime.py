@@ -4,6 +4,8 @@ Stripe is not configured) and the auto-recharger."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from litestar.datastructures import State
 
 from app.errors import ServiceUnavailable
@@ -15,7 +17,7 @@ from app.payments.stripe_api import StripeGateway
 def billing(state: State) -> BillingConfig:
     config: BillingConfig | None = state.get("billing_config")
     if config is None:
-        config = billing_config(state.settings)
+        config = dataclasses.replace(billing_config(state.settings), tiers=state.get("tiers"))
         state.billing_config = config
     return config
 

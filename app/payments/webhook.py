@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.credits import repository as ledger
 from app.credits.schemas import LedgerKind
+from app.credits.tiers import TierTable
 from app.db.models import Account
 from app.errors import InvalidRequest
 from app.notifications import service as notifications
@@ -86,15 +87,17 @@ async def apply_event(
     fields = Fields(obj, "data.object")
     try:
         if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
-            return await credit_checkout_session(session, fields, event_id=str(event["id"]))
+            return await credit_checkout_session(
+                session, fields, event_id=str(event["id"]), tiers=config.tiers
+            )
         if kind == "checkout.session.async_payment_failed":
             return Outcome.PAYMENT_FAILED
         if kind == "charge.refunded":
-            return await reverse_refunds(session, fields)
+            return await reverse_refunds(session, fields, tiers=config.tiers)
         if kind == "charge.dispute.created":
-            return await reverse_dispute(session, fields)
+            return await reverse_dispute(session, fields, tiers=config.tiers)
         if kind == "payment_intent.succeeded":
-            return await payment_intent_succeeded(session, fields)
+            return await payment_intent_succeeded(session, fields, tiers=config.tiers)
         if kind == "payment_intent.payment_failed":
             return await payment_intent_failed(session, fields, config)
     except EventRefused as refused:
@@ -103,7 +106,11 @@ async def apply_event(
 
 
 async def credit_checkout_session(
-    session: AsyncSession, checkout: Fields, *, event_id: str | None = None
+    session: AsyncSession,
+    checkout: Fields,
+    *,
+    event_id: str | None = None,
+    tiers: TierTable | None = None,
 ) -> Outcome:
     """One `purchase` of `amount_total` for a paid Checkout Session, once per session."""
     if (checkout.optional_text("mode") or "payment") != "payment":
@@ -138,6 +145,7 @@ async def credit_checkout_session(
         payment_intent_id=payment_intent_id,
         source="checkout",
         checkout_session_id=session_id,
+        tiers=tiers,
     )
     if outcome is not Outcome.NOTHING_PAID and customer_id is not None:
         await repository.remember_customer(session, account_id=account_id, customer_id=customer_id)
@@ -156,6 +164,7 @@ async def _credit_payment(
     payment_intent_id: str | None,
     source: str,
     checkout_session_id: str | None,
+    tiers: TierTable | None = None,
 ) -> Outcome:
     """One `purchase` of a paid Stripe payment, once per `reference`, and the payment recorded
     so that its refunds and disputes can be matched to it."""
@@ -166,6 +175,7 @@ async def _credit_payment(
         return Outcome.NOTHING_PAID
     entry = await ledger.append_entry(
         session,
+        tiers=tiers,
         account_id=account_id,
         kind=LedgerKind.PURCHASE,
         amount=amount,
@@ -195,7 +205,9 @@ async def _credit_payment(
     return Outcome.CREDITED if entry is not None else Outcome.ALREADY_CREDITED
 
 
-async def reverse_refunds(session: AsyncSession, charge: Fields) -> Outcome:
+async def reverse_refunds(
+    session: AsyncSession, charge: Fields, *, tiers: TierTable | None = None
+) -> Outcome:
     """A `refund` entry for what was refunded on the charge since the last one we applied.
 
     `charge.refunded` carries the charge's cumulative `amount_refunded`, not the refund list
@@ -222,6 +234,7 @@ async def reverse_refunds(session: AsyncSession, charge: Fields) -> Outcome:
     amount = from_minor(refunded - payment.refunded_minor, payment.currency)
     await ledger.append_entry(
         session,
+        tiers=tiers,
         account_id=payment.account_id,
         kind=LedgerKind.REFUND,
         amount=-amount,
@@ -249,7 +262,9 @@ async def reverse_refunds(session: AsyncSession, charge: Fields) -> Outcome:
     return Outcome.REVERSED
 
 
-async def reverse_dispute(session: AsyncSession, dispute: Fields) -> Outcome:
+async def reverse_dispute(
+    session: AsyncSession, dispute: Fields, *, tiers: TierTable | None = None
+) -> Outcome:
     """A `refund` entry for the disputed amount, once per dispute: the money is withdrawn
     from the balance when the dispute opens."""
     dispute_id = dispute.id()
@@ -272,6 +287,7 @@ async def reverse_dispute(session: AsyncSession, dispute: Fields) -> Outcome:
     amount = from_minor(min(disputed, payment.amount_minor), payment.currency)
     entry = await ledger.append_entry(
         session,
+        tiers=tiers,
         account_id=payment.account_id,
         kind=LedgerKind.REFUND,
         amount=-amount,
@@ -295,10 +311,12 @@ async def reverse_dispute(session: AsyncSession, dispute: Fields) -> Outcome:
     return Outcome.REVERSED
 
 
-async def payment_intent_succeeded(session: AsyncSession, intent: Fields) -> Outcome:
+async def payment_intent_succeeded(
+    session: AsyncSession, intent: Fields, *, tiers: TierTable | None = None
+) -> Outcome:
     purpose = intent.mapping("metadata").get("purpose")
     if purpose == "auto_recharge":
-        return await credit_recharge_intent(session, intent)
+        return await credit_recharge_intent(session, intent, tiers=tiers)
     if purpose == "topup":
         # Checkout's own PaymentIntent: the purchase is credited by the session's event; this
         # one tells which card was saved for off-session use.
@@ -328,7 +346,9 @@ async def save_topup_card(session: AsyncSession, intent: Fields) -> Outcome:
     return Outcome.CARD_SAVED if saved else Outcome.CARD_NOT_NEWER
 
 
-async def credit_recharge_intent(session: AsyncSession, intent: Fields) -> Outcome:
+async def credit_recharge_intent(
+    session: AsyncSession, intent: Fields, *, tiers: TierTable | None = None
+) -> Outcome:
     """Credit a succeeded auto-recharge PaymentIntent, once per PaymentIntent; used by the
     webhook and by the recharger when Stripe answers `succeeded` at once. Raises
     `EventRefused` for an unknown account or another currency."""
@@ -358,6 +378,7 @@ async def credit_recharge_intent(session: AsyncSession, intent: Fields) -> Outco
         payment_intent_id=payment_intent_id,
         source="auto_recharge",
         checkout_session_id=None,
+        tiers=tiers,
     )
     # The attempt is finished either way: left pending, it would block every later recharge
     # until it went stale.
