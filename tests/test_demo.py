@@ -9,9 +9,12 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import openai
+import pytest
 
 from tests.support.process import free_port
 
@@ -68,6 +71,25 @@ def test_demo_prints_a_working_key_and_stops_cleanly(tmp_path: Path) -> None:
         assert reply.choices[0].message.content == "You said: Hi!"
         assert reply.usage is not None and reply.usage.prompt_tokens > 0
         assert (tmp_path / ".tollgate").is_dir()
+
+        # The banner's notification example: an end user past the demo's per-user limit, and
+        # the signed webhook it sends, listed by the demo's own receiver.
+        sink = re.search(r"lists them at (http://127\.0\.0\.1:\d+)/", banner)
+        assert sink is not None, banner
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.with_options(max_retries=0).chat.completions.create(
+                model="llama-3.3-70b",
+                messages=[{"role": "user", "content": "Hi!"}],
+                user="alice",
+                max_tokens=1_000_000,
+            )
+        assert refused.value.status_code == 402
+        assert refused.value.body["code"] == "user_limit_exceeded"  # type: ignore[index]
+        deadline = time.monotonic() + 10
+        while "user.limit_reached" not in (page := httpx.get(f"{sink.group(1)}/").text):
+            assert time.monotonic() < deadline, page
+            time.sleep(0.2)
+        assert "✓ signed" in page
     finally:
         process.send_signal(signal.SIGINT)
         try:

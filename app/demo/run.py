@@ -27,10 +27,14 @@ from app.credits.schemas import LedgerKind
 from app.db import migrate
 from app.db.embedded import start_embedded_postgres
 from app.db.engine import create_engine, create_sessionmaker, unit_of_work
+from app.notifications import repository as notification_repository
+from app.notifications import service as notifications
+from app.notifications.schemas import CreateEndpoint
 
 DEMO_CREDIT = "10.00"
 DEMO_KEY_LIMIT = SpendLimit(Decimal("5.00"), LimitPeriod.DAY, "UTC")
 DEMO_USER_LIMIT = SpendLimit(Decimal("0.50"), LimitPeriod.DAY, "UTC")
+DEMO_LOW_BALANCE = Decimal("9.99")  # `credit.low` after the first cent of usage
 
 
 def _free_port() -> int:
@@ -40,14 +44,33 @@ def _free_port() -> int:
         return port
 
 
-async def _seed(database_url: str, known: uuid.UUID | None) -> tuple[str, str]:
-    """The demo account (made once, then found again by id) and a fresh key for this run."""
+async def _seed(
+    database_url: str, known: dict[str, str], sink_url: str
+) -> tuple[str, str, dict[str, str]]:
+    """The demo account and its webhook endpoint (made once, then found again by id), pointed
+    at this run's sink, and a fresh key for this run; returns what to remember."""
     engine = create_engine(database_url, pool_size=1)
     try:
         async with unit_of_work(create_sessionmaker(engine)) as session:
-            account = await accounts_repository.get_account(session, known) if known else None
+            known_id = known.get("account_id")
+            account = (
+                await accounts_repository.get_account(session, uuid.UUID(known_id))
+                if known_id
+                else None
+            )
             if account is None:
                 account = await accounts.create_account(session, name="Demo", email=None)
+                account.low_balance_threshold = DEMO_LOW_BALANCE
+            endpoint = None
+            if known.get("webhook_endpoint_id"):
+                endpoint = await notification_repository.get_endpoint(
+                    session, uuid.UUID(known["webhook_endpoint_id"])
+                )
+            if endpoint is None:
+                endpoint, _ = await notifications.create_endpoint(
+                    session, CreateEndpoint(url=sink_url, description="the demo's sink")
+                )
+            endpoint.url = sink_url
             await credits.add_credit(
                 session,
                 account.id,
@@ -63,12 +86,17 @@ async def _seed(database_url: str, known: uuid.UUID | None) -> tuple[str, str]:
             _, plaintext = await accounts.issue_key(
                 session, account.id, changes=KeyChanges(name="demo", spend_limit=DEMO_KEY_LIMIT)
             )
-            return str(account.id), plaintext
+            remembered = {
+                "account_id": str(account.id),
+                "webhook_endpoint_id": str(endpoint.id),
+                "webhook_secret": endpoint.secret,
+            }
+            return str(account.id), plaintext, remembered
     finally:
         await engine.dispose()
 
 
-def _banner(gateway: str, key: str, admin_token: str, account_id: str) -> str:
+def _banner(gateway: str, key: str, admin_token: str, account_id: str, sink: str) -> str:
     return f"""Gateway: {gateway}
 API key: {key}
 Admin token: {admin_token}
@@ -104,6 +132,15 @@ request's "user") €{DEMO_USER_LIMIT.amount} a day; past either, a 402 says whe
 
   curl {gateway}/v1/key -H "Authorization: Bearer {key}"
 
+Notifications: the account's events (a limit reached, low credit, a payment) go out as
+signed webhooks; this demo receives them itself and lists them at {sink}/ — e.g. an end
+user's request that could cost more than its €{DEMO_USER_LIMIT.amount}:
+
+  curl {gateway}/v1/chat/completions \\
+    -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+    -d '{{"model": "llama-3.3-70b", "user": "alice", "max_tokens": 1000000,
+         "messages": [{{"role": "user", "content": "Hi!"}}]}}'
+
 Dashboard: {gateway}/dashboard (sign in with the API key above; its Keys page creates keys
 with their own spend limits, models and expiry)
 
@@ -113,6 +150,7 @@ Press Ctrl+C to stop.
 
 def run_demo(*, port: int) -> None:
     from app.demo.echo import create_echo_app
+    from app.demo.sink import create_sink_app
     from app.main import create_app
 
     base = load_settings()
@@ -120,11 +158,12 @@ def run_demo(*, port: int) -> None:
     database_url = start_embedded_postgres(data_dir)
     migrate.upgrade(database_url)
     marker = data_dir / "demo.json"
-    known = uuid.UUID(json.loads(marker.read_text())["account_id"]) if marker.exists() else None
-    account_id, key = asyncio.run(_seed(database_url, known))
-    marker.write_text(json.dumps({"account_id": account_id}))
+    known: dict[str, str] = json.loads(marker.read_text()) if marker.exists() else {}
+    echo_port, sink_port = _free_port(), _free_port()
+    sink = f"http://127.0.0.1:{sink_port}"
+    account_id, key, remembered = asyncio.run(_seed(database_url, known, f"{sink}/webhooks"))
+    marker.write_text(json.dumps(remembered))
 
-    echo_port = _free_port()
     admin_token = base.admin_token or f"adm-{secrets.token_urlsafe(24)}"
     settings = load_settings(
         DATABASE_URL=database_url,
@@ -139,18 +178,26 @@ def run_demo(*, port: int) -> None:
     async def serve() -> None:
         options = {"host": "127.0.0.1", "log_level": "warning", "lifespan": "on"}
         echo = uvicorn.Server(uvicorn.Config(create_echo_app(), port=echo_port, **options))  # type: ignore[arg-type]
+        receiver = create_sink_app(remembered["webhook_secret"])
+        sink_server = uvicorn.Server(
+            uvicorn.Config(
+                receiver, port=sink_port, host="127.0.0.1", log_level="warning", lifespan="off"
+            )
+        )
         app = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, **options))  # type: ignore[arg-type]
         echo_task = asyncio.create_task(echo.serve())
+        sink_task = asyncio.create_task(sink_server.serve())
         app_task = asyncio.create_task(app.serve())
-        while not (echo.started and app.started):
-            if app_task.done() or echo_task.done():
+        while not (echo.started and app.started and sink_server.started):
+            if app_task.done() or echo_task.done() or sink_task.done():
                 break
             await asyncio.sleep(0.05)
         if app.started:
-            print(_banner(gateway, key, admin_token, account_id), flush=True)
+            print(_banner(gateway, key, admin_token, account_id, sink), flush=True)
         await app_task
-        echo.should_exit = True
+        echo.should_exit = sink_server.should_exit = True
         await echo_task
+        await sink_task
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())

@@ -390,9 +390,9 @@ class Gateway:
             return AccountSuspended("This account is suspended. Contact the operator.")
         if hold.refusal in (LimitRefusal.KEY_LIMIT, LimitRefusal.USER_LIMIT):
             whose = (
-                "this API key's"
+                "this API key"
                 if hold.refusal is LimitRefusal.KEY_LIMIT
-                else (f"the end user {user!r}'s")
+                else f"the end user {user!r}"
             )
             resets = (
                 "It does not reset (a total limit)."
@@ -401,7 +401,8 @@ class Gateway:
             )
             return SpendLimitExceeded(
                 f"This request may cost up to {money_str(amount)}, more than is left of "
-                f"{whose} spend limit of {money_str(hold.spend_limit or Decimal(0))}. {resets}",
+                f"the spend limit of {whose} ({money_str(hold.spend_limit or Decimal(0))}). "
+                f"{resets}",
                 code="key_limit_exceeded"
                 if hold.refusal is LimitRefusal.KEY_LIMIT
                 else "user_limit_exceeded",
