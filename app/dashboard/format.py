@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decimal
+from zoneinfo import ZoneInfo
 
 from app.money import money_str
 
@@ -66,3 +67,19 @@ def instant(value: datetime | None) -> str:
 
 def month_name(value: date) -> str:
     return value.strftime("%B %Y")
+
+
+def in_zone(value: datetime, zone: str) -> str:
+    """`8 May 00:00 CEST`: when a limit's period ends (within a month), in the limit's own
+    zone, which is named beside the limit."""
+    local = value.astimezone(ZoneInfo(zone))
+    return f"{local.day} {local:%b %H:%M %Z}"
+
+
+def input_time(value: datetime | None) -> str:
+    """A `datetime-local` input's value in UTC (`2027-01-31T18:00`); blank for nothing. Seconds
+    only when there are some, so a time set through the API is kept to the second."""
+    if value is None:
+        return ""
+    utc = value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S" if utc.second else "%Y-%m-%dT%H:%M")

@@ -55,6 +55,7 @@ def _engine() -> JinjaTemplateEngine:
         short_day=fmt.short_day,
         weekday=fmt.weekday,
         instant=fmt.instant,
+        in_zone=fmt.in_zone,
         month_name=fmt.month_name,
     )
     env.globals.update(static=static_url, csrf_field_name=CSRF_FIELD)

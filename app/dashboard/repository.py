@@ -1,11 +1,12 @@
-"""The dashboard's own SQL: is a session's key still active (and whose account is it), and when
-was each key last used. Everything else the pages show is read through the other domains'
+"""The dashboard's own SQL: may a session's key still sign in (and whose account is it), and
+when was each key last used. Everything else the pages show is read through the other domains'
 services."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, text
@@ -15,22 +16,38 @@ from app.db.job_state import JobName, watermark_sql
 from app.db.models import Account, ApiKey
 
 
-async def active_account(
+@dataclass(frozen=True, slots=True)
+class SessionKey:
+    """A session's key as every page checks it, with its account's name and currency."""
+
+    account_name: str
+    currency: str
+    revoked: bool
+    scope: str
+    expires_at: datetime | None
+
+
+async def session_key(
     session: AsyncSession, key_id: uuid.UUID, account_id: uuid.UUID
-) -> tuple[str, str] | None:
-    """(account name, currency) if the key is unrevoked and still the account's; else None."""
+) -> SessionKey | None:
+    """The key if it is still the account's, revoked or not: the caller says why it may not
+    sign in, in one primary key read."""
     row = (
         await session.execute(
-            select(Account.name, Account.currency)
-            .join(ApiKey, ApiKey.account_id == Account.id)
-            .where(
-                ApiKey.id == key_id,
-                ApiKey.account_id == account_id,
-                ApiKey.revoked_at.is_(None),
+            select(
+                Account.name,
+                Account.currency,
+                ApiKey.revoked_at,
+                ApiKey.scope,
+                ApiKey.expires_at,
             )
+            .join(ApiKey, ApiKey.account_id == Account.id)
+            .where(ApiKey.id == key_id, ApiKey.account_id == account_id)
         )
     ).one_or_none()
-    return (row.name, row.currency) if row else None
+    if row is None:
+        return None
+    return SessionKey(row.name, row.currency, row.revoked_at is not None, row.scope, row.expires_at)
 
 
 # Keys don't record their last use (that would be a write per request on the hot path), so it is

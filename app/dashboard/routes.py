@@ -96,6 +96,7 @@ pages = Router(
         invoices.invoice_pdf,
         keys.keys_page,
         keys.create_key,
+        keys.change_key,
         keys.revoke_key,
         unknown_page,
     ],

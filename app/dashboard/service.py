@@ -9,19 +9,29 @@ import re
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
 from typing import Any
+from zoneinfo import available_timezones
 
 import msgspec
+from msgspec import UNSET
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import repository as key_repository
 from app.accounts import service as accounts
+from app.accounts.auth import Principal
+from app.accounts.keys import KeyScope
+from app.accounts.schemas import KEY_NAME_MAX, KeyChanges, KeyFields, key_changes
+from app.credits import service as credits
+from app.credits.limits import LimitPeriod, SpendLimit, period_bounds
 from app.credits.tiers import Tier, TierTable
+from app.dashboard import format as fmt
 from app.dashboard import repository
 from app.dashboard.chart import Chart, daily_chart
 from app.db.models import Account, ApiKey
-from app.errors import InvalidRequest, NotFound
+from app.errors import InvalidRequest, NotFound, PermissionDenied
+from app.money import money_str
 from app.payments import recharge
 from app.payments.config import BillingConfig
 from app.pricing import Catalog
@@ -30,7 +40,6 @@ from app.usage.service import usage_report
 
 CHART_DAYS = 30
 TOPUP_PRESETS = tuple(Decimal(v) for v in ("10", "20", "50", "100", "250"))
-KEY_NAME_MAX = 100
 _MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 
@@ -286,7 +295,46 @@ def clean_amount(value: str) -> str:
     return text
 
 
-# ── API keys ────────────────────────────────────────────────────────────────────────────────
+# ── API keys and their spend controls ───────────────────────────────────────────────────────
+
+LIMIT_WORDS = {  # how a limit reads ("€10.00 a day") and its current period ("today")
+    LimitPeriod.DAY: ("a day", "today"),
+    LimitPeriod.WEEK: ("a week", "this week"),
+    LimitPeriod.MONTH: ("a month", "this month"),
+    LimitPeriod.TOTAL: ("in total", "in total"),
+}
+# The API's field names in its messages, as the form calls them.
+_FIELD_LABELS = (
+    ("spend_limit.amount", "The spend limit"),
+    ("spend_limit.period", "The limit's period"),
+    ("spend_limit.timezone", "The limit's time zone"),
+    ("allowed_models:", "Models:"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyForm:
+    """The fields of a key's create or change form, as typed or as the key has them."""
+
+    name: str = ""
+    scope: str = KeyScope.FULL.value
+    limit_amount: str = ""  # blank: no limit
+    limit_period: str = LimitPeriod.DAY.value
+    limit_timezone: str = "UTC"
+    models: tuple[str, ...] = ()  # none: every model
+    expires_at: str = ""  # UTC, as a datetime-local input has it (`2027-01-31T18:00`); blank: never
+
+    @classmethod
+    def of_key(cls, key: ApiKey, limit: SpendLimit | None) -> KeyForm:
+        return cls(
+            name=key.name or "",
+            scope=key.scope,
+            limit_amount="" if limit is None else money_str(limit.amount),
+            limit_period=LimitPeriod.DAY.value if limit is None else limit.period.value,
+            limit_timezone="UTC" if limit is None else limit.timezone,
+            models=tuple(key.allowed_models or ()),
+            expires_at=fmt.input_time(key.expires_at),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,37 +342,234 @@ class KeyRow:
     key: ApiKey
     last_used: datetime | None
     current: bool  # the key this session signed in with
+    limit: SpendLimit | None
+    spent: Decimal  # in the limit's current period, as the credit hold counts it; else this month
+    resets_at: datetime | None  # end of the limit's period; None without a limit or for `total`
+    expired: bool
+    form: KeyForm  # its change form, filled with what it has
+
+    @property
+    def used_percent(self) -> Decimal:
+        """Of its limit, 0 to 100 (a limit of zero is all used)."""
+        if self.limit is None:
+            return Decimal(0)
+        if self.limit.amount <= 0:
+            return Decimal("100.0")
+        share = min(self.spent / self.limit.amount, Decimal(1)) * 100
+        return share.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+
+    @property
+    def over(self) -> bool:
+        return self.limit is not None and self.spent >= self.limit.amount
+
+
+async def acting_key(db: AsyncSession, account_id: uuid.UUID, key_id: uuid.UUID) -> Principal:
+    """The signed-in key as the rights check sees it, read in the caller's transaction: a key
+    can create or change keys with no more rights than its own (SPEC 3.6)."""
+    key = await accounts.get_key(db, key_id, account_id=account_id)
+    if key.revoked_at is not None:
+        raise PermissionDenied("The key you signed in with was revoked.")
+    return Principal(
+        account_id=key.account_id,
+        api_key_id=key.id,
+        scope=KeyScope(key.scope),
+        allowed_models=None if key.allowed_models is None else frozenset(key.allowed_models),
+        expires_at=key.expires_at,
+    )
+
+
+def model_choices(catalog: Catalog, now: datetime, creator: Principal) -> list[str]:
+    """The models a form offers: the catalog's base names (each also allows its `-online` and
+    `-deep` variants) that the signed-in key may use, and any other name its own list has."""
+    names = [r.name for r in catalog.resolutions_at(now) if r.suffix is None]
+    offered = [name for name in names if creator.allows(name, name, False)]
+    offered += sorted(set(creator.allowed_models or ()) - set(offered))
+    return offered
+
+
+def new_key_form(account: Account, creator: Principal) -> KeyForm:
+    """The create form as it starts: with the signed-in key's own limit, models and expiry when
+    it has them, since a new key may have no more (so the form as shown is accepted)."""
+    own = SpendLimit.from_stored(account.key_spend_limits.get(str(creator.api_key_id)))
+    return KeyForm(
+        limit_amount="" if own is None else money_str(own.amount),
+        limit_period=LimitPeriod.DAY.value if own is None else own.period.value,
+        limit_timezone="UTC" if own is None else own.timezone,
+        models=tuple(sorted(creator.allowed_models or ())),
+        expires_at=fmt.input_time(creator.expires_at),
+    )
+
+
+@cache
+def time_zones() -> tuple[str, ...]:
+    """For the time zone field's suggestions; any IANA name is accepted."""
+    return ("UTC", *sorted(z for z in available_timezones() if "/" in z and z != "UTC"))
 
 
 async def key_rows(
-    db: AsyncSession, account_id: uuid.UUID, current_key_id: uuid.UUID
+    db: AsyncSession,
+    catalog: Catalog,
+    account: Account,
+    current_key_id: uuid.UUID,
+    now: datetime,
 ) -> list[KeyRow]:
-    """Active keys first (newest first), then revoked ones."""
-    keys = await key_repository.list_keys(db, account_id)
-    used = await repository.keys_last_used(db, account_id, [k.id for k in keys])
+    """Active keys first (newest first), then revoked ones; each with its spend this period."""
+    keys = await key_repository.list_keys(db, account.id)
+    used = await repository.keys_last_used(db, account.id, [k.id for k in keys])
     keys.sort(key=lambda k: (k.revoked_at is not None, -k.created_at.timestamp()))
-    return [KeyRow(k, used.get(k.id), k.id == current_key_id) for k in keys]
+    limited = await credits.key_period_spend(db, account, now)
+    month = await _month_spend_by_key(db, catalog, account, now) if keys else {}
+    rows = []
+    for k in keys:
+        limit = accounts.key_limit(account, k)
+        _, end = period_bounds(limit, now)
+        rows.append(
+            KeyRow(
+                key=k,
+                last_used=used.get(k.id),
+                current=k.id == current_key_id,
+                limit=limit,
+                spent=limited.get(str(k.id), Decimal(0))
+                if limit is not None
+                else month.get(str(k.id), Decimal(0)),
+                resets_at=None if limit is None else end,
+                expired=k.expires_at is not None and k.expires_at <= now,
+                form=KeyForm.of_key(k, limit),
+            )
+        )
+    return rows
 
 
-async def create_key(db: AsyncSession, account_id: uuid.UUID, name: str) -> tuple[ApiKey, str]:
-    name = " ".join(name.split())
-    if "\x00" in name:
-        raise InvalidRequest("A key's name cannot contain the NUL character.")
-    if len(name) > KEY_NAME_MAX:
-        raise InvalidRequest(f"A key's name can be at most {KEY_NAME_MAX} characters.")
-    return await accounts.issue_key(db, account_id, name=name or None)
+async def _month_spend_by_key(
+    db: AsyncSession, catalog: Catalog, account: Account, now: datetime
+) -> dict[str, Decimal]:
+    """Each key's cost this UTC month, in one usage query grouped by key (the usage API's)."""
+    today = now.astimezone(UTC).date()
+    rows = await usage_rows(
+        db,
+        catalog,
+        account.id,
+        start=today.replace(day=1),
+        end=today + timedelta(days=1),
+        group_by=("api_key_id",),
+        now=now,
+    )
+    spend: dict[str, Decimal] = {}
+    for row in rows:
+        key_id = row["groupBy"].get("api_key_id")
+        if key_id and row["currency"] == account.currency:
+            spend[key_id] = spend.get(key_id, Decimal(0)) + Decimal(row["cost"])
+    return spend
+
+
+def parse_expiry(text: str, now: datetime) -> datetime | None:
+    """A datetime-local value (`2027-01-31T18:00`), read as UTC; blank for never."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(
+            "The expiry must be a date and time such as 2027-01-31 18:00 (UTC).",
+            param="expires_at",
+        ) from None
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if value <= now:
+        # The API takes it (the key is then refused at once); here it is surely a typo.
+        raise InvalidRequest("The expiry must be in the future.", param="expires_at")
+    return value
+
+
+def key_fields(form: KeyForm, now: datetime, *, creating: bool) -> KeyFields:
+    """The form as the API's `KeyFields`: a change sets the limit, models and expiry (blank
+    clears them) and keeps the name and scope."""
+    if creating:
+        name = " ".join(form.name.split())
+        if "\x00" in name:
+            raise InvalidRequest("A key's name cannot contain the NUL character.")
+        if len(name) > KEY_NAME_MAX:
+            raise InvalidRequest(f"A key's name can be at most {KEY_NAME_MAX} characters.")
+    amount = clean_amount(form.limit_amount)
+    expires = parse_expiry(form.expires_at, now)
+    return KeyFields(
+        name=(name or None) if creating else UNSET,
+        scope=form.scope if creating else UNSET,
+        spend_limit={
+            "amount": amount,
+            "period": form.limit_period,
+            "timezone": form.limit_timezone.strip() or "UTC",
+        }
+        if amount
+        else None,
+        allowed_models=list(form.models) or None,
+        expires_at=None if expires is None else expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+def _changes(form: KeyForm, catalog: Catalog, now: datetime, *, creating: bool) -> KeyChanges:
+    try:
+        return key_changes(key_fields(form, now, creating=creating), catalog, now)
+    except InvalidRequest as exc:
+        for field, label in _FIELD_LABELS:
+            if exc.message.startswith(field):
+                raise InvalidRequest(label + exc.message[len(field) :], param=exc.param) from exc
+        raise
+
+
+async def create_key(
+    db: AsyncSession,
+    catalog: Catalog,
+    account_id: uuid.UUID,
+    form: KeyForm,
+    *,
+    creator: Principal,
+    now: datetime,
+) -> tuple[ApiKey, str]:
+    changes = _changes(form, catalog, now, creating=True)
+    return await accounts.issue_key(db, account_id, changes=changes, creator=creator)
+
+
+async def update_key(
+    db: AsyncSession,
+    catalog: Catalog,
+    account_id: uuid.UUID,
+    key_id: str,
+    form: KeyForm,
+    *,
+    creator: Principal,
+    now: datetime,
+) -> ApiKey:
+    """Its limit, models and expiry, by the rights of `creator`; only a key of this account."""
+    wanted = _key_id(key_id)
+    changes = _changes(form, catalog, now, creating=False)
+    try:
+        key, _ = await accounts.update_key(
+            db, wanted, changes, account_id=account_id, creator=creator
+        )
+    except NotFound:
+        raise NotFound(KEY_NOT_FOUND) from None
+    if key.revoked_at is not None:
+        raise InvalidRequest("That key was revoked: it can't be changed.")
+    return key
+
+
+KEY_NOT_FOUND = "That key doesn't exist (or belongs to another account)."
+
+
+def _key_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound(KEY_NOT_FOUND) from None
 
 
 async def revoke_key(db: AsyncSession, account_id: uuid.UUID, key_id: str) -> ApiKey:
     """Only a key of this account: another account's key id is "not found" like a made-up one."""
     try:
-        wanted = uuid.UUID(key_id)
-    except ValueError:
-        raise NotFound("That key doesn't exist (or belongs to another account).") from None
-    try:
-        return await accounts.revoke_key(db, wanted, account_id=account_id)
+        return await accounts.revoke_key(db, _key_id(key_id), account_id=account_id)
     except NotFound:
-        raise NotFound("That key doesn't exist (or belongs to another account).") from None
+        raise NotFound(KEY_NOT_FOUND) from None
 
 
 # ── auto-recharge ───────────────────────────────────────────────────────────────────────────

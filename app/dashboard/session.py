@@ -1,5 +1,6 @@
 """Who is signed in to the dashboard: the session's account and key, checked on every page
-(so revoking the key ends its sessions at once), and the helpers every page shares."""
+(so revoking the key, its expiry or narrowing it to `inference` ends its sessions at once), and
+the helpers every page shares."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Request, Response
 from litestar.datastructures import State
 
+from app.accounts.keys import KeyScope
 from app.dashboard import repository
 from app.dashboard.render import flash, page
+from app.dashboard.repository import SessionKey
 from app.db.engine import unit_of_work
 
 logger = logging.getLogger(__name__)
@@ -52,12 +56,24 @@ async def provide_viewer(request: Request[Any, Any, Any], state: State) -> Viewe
         raise SignInRequired
     # Its own short transaction: a page that calls Stripe must not hold one open meanwhile.
     async with unit_of_work(state.sessionmaker) as db:
-        found = await repository.active_account(db, key_id, account_id)
-    if found is None:
-        end_session(request, "The API key you signed in with was revoked. Sign in with another.")
+        key = await repository.session_key(db, key_id, account_id)
+    reason = refusal(key, datetime.now(UTC))
+    if key is None or reason is not None:
+        end_session(request, f"The API key you signed in with {reason}. Sign in with another.")
         raise SignInRequired
-    name, currency = found
-    return Viewer(account_id, key_id, name, currency)
+    return Viewer(account_id, key_id, key.account_name, key.currency)
+
+
+def refusal(key: SessionKey | None, now: datetime) -> str | None:
+    """Why a key may not hold a dashboard session (SPEC 3.6: only an active `full` key), as the
+    end of a sentence about it; None when it may."""
+    if key is None or key.revoked:
+        return "was revoked"
+    if key.expires_at is not None and key.expires_at <= now:
+        return f"expired at {key.expires_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    if key.scope != KeyScope.FULL:
+        return f"has scope {key.scope}: it works for the API only"
+    return None
 
 
 def end_session(request: Request[Any, Any, Any], message: str) -> None:

@@ -4,15 +4,17 @@
 
 Starts a gateway on a fresh database (TEST_DATABASE_URL, DATABASE_URL or the embedded server),
 seeds a month of usage for a demo account, signs in through the real sign-in form in headless
-Chromium (/usr/bin/chromium) and writes `dashboard-overview.png` and `dashboard-usage.png`.
+Chromium (/usr/bin/chromium) and writes `dashboard-overview.png`, `dashboard-usage.png` and
+`dashboard-keys.png` (a few keys with their limits, one of them partly spent).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 from playwright.async_api import async_playwright
@@ -37,7 +39,9 @@ async def take(out: Path) -> list[Path]:
             base_url=dashboard.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60
         ) as admin:
             account, key = await new_account_with_key(admin, "Acme Robotics", credit="150.00")
-            await ingest(admin, usage_events(account["id"], datetime.now(UTC)))
+            now = datetime.now(UTC)
+            await ingest(admin, usage_events(account["id"], now))
+            await seed_keys(admin, account["id"], now)
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(
                 executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
@@ -47,10 +51,17 @@ async def take(out: Path) -> list[Path]:
             )
             page = await context.new_page()
             await sign_in(page, key)
-            for name, path in (("overview", "/dashboard"), ("usage", "/dashboard/usage")):
+            for name, path in (
+                ("overview", "/dashboard"),
+                ("usage", "/dashboard/usage"),
+                ("keys", "/dashboard/keys"),
+            ):
                 await page.goto(path)
+                if name == "keys":  # one key's change form open, as a click opens it
+                    await page.locator("tbody.key:has-text('ci runner') summary").click()
+                    await page.mouse.move(0, 0)
                 target = out / f"dashboard-{name}.png"
-                await page.screenshot(path=str(target), full_page=name == "overview")
+                await page.screenshot(path=str(target), full_page=name != "usage")
                 written.append(target)
             await browser.close()
     finally:
@@ -59,6 +70,45 @@ async def take(out: Path) -> list[Path]:
         dashboard.stripe.stop()
         await database.drop_database(server, url)
     return written
+
+
+# (name, fields of `POST /admin/accounts/{id}/keys`, prompt and completion tokens spent today)
+KEYS: tuple[tuple[str, dict[str, Any], tuple[int, int]], ...] = (
+    ("production", {"spend_limit": {"amount": "200.00", "period": "month"}}, (2_400_000, 600_000)),
+    (
+        "ci runner",
+        {
+            "scope": "inference",
+            "spend_limit": {"amount": "5.00", "period": "day", "timezone": "Europe/Berlin"},
+            "allowed_models": ["llama-3.1-8b", "llama-3.3-70b"],
+            "expires_days": 90,
+        },
+        (3_000_000, 900_000),
+    ),
+    ("notebooks", {"scope": "inference"}, (800_000, 200_000)),
+)
+
+
+async def seed_keys(admin: httpx.AsyncClient, account_id: str, now: datetime) -> None:
+    """A few keys with their limits, each with some spend today."""
+    for n, (name, fields, (prompt, completion)) in enumerate(KEYS):
+        body = {k: v for k, v in fields.items() if k != "expires_days"} | {"name": name}
+        if "expires_days" in fields:
+            expires = now + timedelta(days=fields["expires_days"])
+            body["expires_at"] = expires.strftime("%Y-%m-%dT%H:00:00Z")
+        made = await admin.post(f"/admin/accounts/{account_id}/keys", json=body)
+        assert made.status_code == 201, made.text
+        event = {
+            "id": f"seed-key-{account_id}-{n}",
+            "account_id": account_id,
+            "api_key_id": made.json()["id"],
+            "time": (now - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "model": "llama-3.3-70b",
+            "endpoint": "/v1/chat/completions",
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+        }
+        await ingest(admin, [event])
 
 
 def main() -> None:
