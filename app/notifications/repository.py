@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import (
@@ -168,43 +169,56 @@ async def claim(
     ]
 
 
-async def record_attempt(
-    session: AsyncSession,
-    delivery: NotificationDelivery,
-    *,
-    status_code: int | None,
-    latency_ms: int,
-    error: str | None,
-    status: DeliveryStatus,
-    next_attempt_at: datetime | None,
-) -> None:
-    session.add(
-        DeliveryAttempt(
-            account_id=delivery.account_id,
-            delivery_id=delivery.id,
-            attempt=delivery.attempts,
-            status_code=status_code,
-            latency_ms=latency_ms,
-            error=error,
-        )
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    account_id: uuid.UUID
+    delivery_id: uuid.UUID
+    attempt: int
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+    status: DeliveryStatus
+    next_attempt_at: datetime | None  # when still pending
+
+
+RECORD_SQL = text(
+    """
+    WITH r AS (
+        SELECT * FROM unnest(
+            CAST(:accounts AS uuid[]), CAST(:ids AS uuid[]), CAST(:attempts AS int[]),
+            CAST(:codes AS int[]), CAST(:latencies AS int[]), CAST(:errors AS text[]),
+            CAST(:statuses AS text[]), CAST(:next AS timestamptz[])
+        ) AS t(account_id, id, attempt, code, latency, error, status, next_at)
+    ), kept AS (
+        INSERT INTO delivery_attempts
+            (account_id, delivery_id, attempt, status_code, latency_ms, error)
+        SELECT account_id, id, attempt, code, latency, error FROM r
+        ON CONFLICT DO NOTHING
+        RETURNING 1
     )
-    values: dict[str, Any] = {
-        "status": status.value,
-        "leased_until": None,
-        "last_status": status_code,
-        "last_error": error,
-    }
-    if status is DeliveryStatus.PENDING:
-        values["next_attempt_at"] = next_attempt_at
-    else:
-        values["finished_at"] = text("now()")
+    UPDATE notification_deliveries d
+    SET status = r.status, leased_until = NULL, last_status = r.code, last_error = r.error,
+        next_attempt_at = coalesce(r.next_at, d.next_attempt_at),
+        finished_at = CASE WHEN r.status = 'pending' THEN NULL ELSE now() END
+    FROM r WHERE d.account_id = r.account_id AND d.id = r.id
+    """
+)
+
+
+async def record_attempts(session: AsyncSession, results: Sequence[AttemptResult]) -> None:
+    """Every attempt kept, and each delivery moved to its outcome, in one statement."""
     await session.execute(
-        update(NotificationDelivery)
-        .where(
-            NotificationDelivery.account_id == delivery.account_id,
-            NotificationDelivery.id == delivery.id,
-        )
-        .values(**values)
+        RECORD_SQL,
+        {
+            "accounts": [r.account_id for r in results],
+            "ids": [r.delivery_id for r in results],
+            "attempts": [r.attempt for r in results],
+            "codes": [r.status_code for r in results],
+            "latencies": [r.latency_ms for r in results],
+            "errors": [r.error for r in results],
+            "statuses": [r.status.value for r in results],
+            "next": [r.next_attempt_at for r in results],
+        },
     )
 
 

@@ -28,6 +28,7 @@ from app.db.job_state import JobName, lock_key
 from app.db.models import Account, NotificationDelivery, NotificationEvent, WebhookEndpoint
 from app.notifications import repository
 from app.notifications.email import SmtpServer, compose
+from app.notifications.repository import AttemptResult
 from app.notifications.schemas import EMAIL_SUBJECTS, Channel, DeliveryStatus, EventType
 from app.notifications.service import webhook_body
 
@@ -38,6 +39,7 @@ RETRY_FOR = timedelta(hours=24)
 LEASE_SECONDS = 60.0  # longer than an attempt: a lease outlives its send unless the process died
 MAX_DELAY = timedelta(hours=6)
 DISPATCH_BATCH = 500  # events fanned out per transaction
+RECORD_EVERY = 0.02  # seconds: outcomes that finish this close together share a statement
 
 DELIVERIES = Metric(
     "tollgate_webhook_deliveries",
@@ -72,7 +74,10 @@ class NotificationWorker:
         self._busy: Counter[uuid.UUID] = Counter()  # endpoint → sends in flight here
         self._sends: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._results: list[AttemptResult] = []
+        self._recorded = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._recorder: asyncio.Task[None] | None = None
 
     @property
     def email_on(self) -> bool:
@@ -80,15 +85,17 @@ class NotificationWorker:
 
     def start(self) -> None:
         self._loop = asyncio.create_task(self._run(), name="notification-worker")
+        self._recorder = asyncio.create_task(self._record(), name="notification-recorder")
 
     def nudge(self) -> None:
         self._wake.set()
 
     async def close(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        for task in (self._loop, self._recorder):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # A send cut short is retried after its lease, by this or another instance: shutting
         # down does not wait for a slow endpoint.
         for task in list(self._sends):
@@ -139,7 +146,6 @@ class NotificationWorker:
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sends.discard(task)
-        self._wake.set()  # the account's next delivery may be due now
 
     async def _deliver(
         self,
@@ -191,16 +197,37 @@ class NotificationWorker:
                 delivery.attempts,
                 error,
             )
-        async with unit_of_work(self._sessionmaker) as session:
-            await repository.record_attempt(
-                session,
-                delivery,
-                status_code=status_code,
-                latency_ms=latency_ms,
-                error=error,
-                status=status,
-                next_attempt_at=next_at,
+        self._results.append(
+            AttemptResult(
+                delivery.account_id,
+                delivery.id,
+                delivery.attempts,
+                status_code,
+                latency_ms,
+                error,
+                status,
+                next_at,
             )
+        )
+        self._recorded.set()
+
+    async def _record(self) -> None:
+        """Outcomes written together, one statement for all that finished meanwhile: a
+        transaction per delivery would cost more than the sending."""
+        while True:
+            await self._recorded.wait()
+            self._recorded.clear()
+            await asyncio.sleep(RECORD_EVERY)
+            batch, self._results = self._results, []
+            if not batch:
+                continue
+            try:
+                async with unit_of_work(self._sessionmaker) as session:
+                    await repository.record_attempts(session, batch)
+            except Exception:
+                # Unrecorded, a delivery is sent again when its lease ends: at least once.
+                logger.exception("recording %d delivery attempts failed", len(batch))
+            self._wake.set()  # the accounts' next deliveries may be due now
 
     async def _post(self, endpoint: WebhookEndpoint, event: NotificationEvent) -> int:
         body = webhook_body(event)
