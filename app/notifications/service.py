@@ -13,11 +13,17 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import DeliveryAttempt, NotificationDelivery, NotificationEvent, WebhookEndpoint
+from app.db.models import (
+    Account,
+    DeliveryAttempt,
+    NotificationDelivery,
+    NotificationEvent,
+    WebhookEndpoint,
+)
 from app.errors import InvalidRequest, NotFound
 from app.money import money_str
 from app.notifications import repository
-from app.notifications.schemas import CreateEndpoint, EventType
+from app.notifications.schemas import EMAIL_SUBJECTS, CreateEndpoint, EventType
 
 MAX_DELIVERIES_LISTED = 200
 
@@ -142,3 +148,36 @@ async def retry_now(
 
 def _instant(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ── an account's notification settings (the dashboard, SPEC 9) ─────────────────────────────
+
+
+async def save_settings(
+    session: AsyncSession,
+    account: Account,
+    *,
+    email: str | None,
+    low_balance_threshold: Decimal | None,
+    emails_on: set[EventType],
+) -> None:
+    """The customer's address, low-balance threshold and the emails they want (each of
+    `EMAIL_SUBJECTS` is on unless turned off). `account` must be locked."""
+    if email is not None and ("@" not in email or "\x00" in email or len(email) > 320):
+        raise InvalidRequest("That doesn't look like an email address.", param="email")
+    if low_balance_threshold is not None and low_balance_threshold < 0:
+        raise InvalidRequest("The threshold must not be negative.", param="low_balance_threshold")
+    if account.low_balance_threshold != low_balance_threshold:
+        account.low_balance_armed = True  # a new threshold: the next crossing notifies
+    account.email = email
+    account.low_balance_threshold = low_balance_threshold
+    account.emails_off = sorted(t.value for t in EMAIL_SUBJECTS if t not in emails_on)
+    await session.flush()
+
+
+async def recent(session: AsyncSession, account_id: uuid.UUID, limit: int = 20) -> list[Any]:
+    """The account's newest events (type, time, data), for the dashboard to list."""
+    return [
+        {"id": e.id, "type": e.type, "time": e.created_at, "data": e.data}
+        for e in await repository.recent_events(session, account_id, limit)
+    ]
