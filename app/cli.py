@@ -211,6 +211,49 @@ def keys_create(
 
 
 @main.group()
+def operators() -> None:
+    """Operators of the console (/console)."""
+
+
+@operators.command(name="create")
+@click.argument("email")
+@click.option(
+    "--role",
+    type=click.Choice(["viewer", "billing", "admin"]),
+    required=True,
+    help="What they may do.",
+)
+@json_option
+def operators_create(email: str, role: str, as_json: bool) -> None:
+    """Create an operator; prints a one-time link (24 h) to set the password."""
+    from app.console import operators as staff
+    from app.console.schemas import OperatorRole
+
+    settings = load_settings()
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        operator, link = await staff.create_operator(
+            session, email, OperatorRole(role), settings.resolved_public_url
+        )
+        await audit.record(
+            session,
+            CLI_ACTOR,
+            AuditAction.OPERATOR_CREATED,
+            object_id=operator.id,
+            after={"email": operator.email, "role": operator.role},
+        )
+        return {"id": str(operator.id), "email": operator.email, "role": role, "link": link}
+
+    view = run_in_transaction(settings, work)
+    emit(
+        as_json,
+        view,
+        f"Operator {view['email']} ({role}). Set the password within 24 hours at:\n\n"
+        f"  {view['link']}",
+    )
+
+
+@main.group()
 def credits() -> None:
     """Manage prepaid credit."""
 

@@ -19,6 +19,7 @@ from app.accounts.auth import KeyAuthenticator, provide_principal
 from app.accounts.routes import get_key
 from app.admin.routes import admin_router
 from app.config import Settings, load_settings
+from app.console.routes import console_router
 from app.credits.holds import HoldKeeper
 from app.credits.routes import get_account, get_credits
 from app.credits.tiers import load_tiers
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *invoice_routes,
             admin_invoice_routes,
             dashboard_router,
+            console_router,
         ],
         lifespan=[lifespan],
         middleware=[prometheus.middleware],

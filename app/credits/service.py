@@ -68,6 +68,30 @@ async def add_credit(
     return CreditResult(entry=existing, created=False)
 
 
+async def adjust_credit(
+    session: AsyncSession, account_id: uuid.UUID, *, amount: Decimal, reason: str
+) -> LedgerEntry:
+    """An operator's correction (positive or negative), with its reason as the description.
+    May take the balance below zero: a correction states what is owed."""
+    if not amount.is_finite() or amount == 0:
+        raise InvalidRequest("amount must be a non-zero decimal", param="amount")
+    if problem := ledger_amount_problem(amount):
+        raise InvalidRequest(f"amount {problem}", param="amount")
+    if not reason.strip():
+        raise InvalidRequest("a correction needs a reason", param="reason")
+    await lock_account(session, account_id)
+    entry = await repository.append_entry(
+        session,
+        account_id=account_id,
+        kind=LedgerKind.ADJUSTMENT,
+        amount=amount,
+        reference=f"adjustment:{uuid.uuid4()}",
+        description=reason.strip(),
+    )
+    assert entry is not None  # a fresh reference
+    return entry
+
+
 def account_view(account: Account, tiers: TierTable) -> dict[str, Any]:
     tier = tiers.tier_for(account.total_purchased, account.total_usage)
     next_tier = tiers.next_tier(tier)

@@ -91,6 +91,7 @@ class LedgerEntry(Base):
     __tablename__ = "ledger_entries"
     __table_args__ = (
         UniqueConstraint("account_id", "reference"),
+        Index("ix_ledger_entries_account_created", "account_id", "created_at", "id"),
         CheckConstraint(f"kind IN {LEDGER_KINDS!r}", name="kind"),
     )
 
@@ -573,3 +574,33 @@ class DeliveryAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     latency_ms: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+# ── Operators of the console (issue #17, SPEC 12) ────────────────────────────────────────────
+OPERATOR_ROLES = ("viewer", "billing", "admin")
+
+
+class Operator(Base):
+    """Someone who runs the gateway: signs in to `/console` with email and password (argon2id)
+    and may do what the role allows. Not keyed by account: the operator's, not a customer's."""
+
+    __tablename__ = "operators"
+    __table_args__ = (CheckConstraint(f"role IN {OPERATOR_ROLES!r}", name="role"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    email: Mapped[str] = mapped_column(Text, unique=True)
+    role: Mapped[str] = mapped_column(Text)  # OperatorRole
+    password_hash: Mapped[str | None] = mapped_column(Text)  # None until the link is used
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OperatorToken(Base):
+    """A one-time link to set an operator's password (24 h): only its SHA-256 is stored."""
+
+    __tablename__ = "operator_tokens"
+
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    operator_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("operators.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -154,3 +154,37 @@ async def cost_since(
         per_window[row.window] += row.cost
     # Windows are contiguous: the cost since a start is that of its window and every later one.
     return {start: sum(per_window[i:], Decimal(0)) for i, start in enumerate(wanted)}
+
+
+async def cost_per_day(
+    session: AsyncSession, account_id: uuid.UUID | None, first: date, end: date
+) -> dict[date, Decimal]:
+    """The cost of each UTC day in [first, end) with usage, of one account or of all (`None`),
+    as the usage query counts it."""
+    starts = [
+        datetime(d.year, d.month, d.day, tzinfo=UTC)
+        for d in (first + timedelta(days=i) for i in range((end - first).days))
+    ]
+    stop = datetime(end.year, end.month, end.day, tzinfo=UTC)
+    bounds = [*starts, stop]
+    (rollup_start, rollup_end), (hour_start, hour_end) = rollup_spans(starts[0], stop, bounds)
+    rows = await repository.usage_rows(
+        session,
+        UsageSelection(
+            start=starts[0],
+            end=stop,
+            rollup_start=rollup_start,
+            rollup_end=rollup_end,
+            hour_start=hour_start,
+            hour_end=hour_end,
+            window_starts=starts,
+            group_by=(),
+            filters={},
+            account_id=account_id,
+        ),
+    )
+    per_day: dict[date, Decimal] = {}
+    for row in rows:
+        day = starts[row.window].date()
+        per_day[day] = per_day.get(day, Decimal(0)) + row.cost
+    return per_day
