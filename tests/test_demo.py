@@ -90,6 +90,34 @@ def test_demo_prints_a_working_key_and_stops_cleanly(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, page
             time.sleep(0.2)
         assert "✓ signed" in page
+
+        # The console's one-time link sets the demo operator's password; then it signs in.
+        link = re.search(r"(http://\S+/console/set-password\?token=\S+)", banner)
+        assert link is not None, banner
+        with httpx.Client(timeout=30) as browser:
+            form = browser.get(link.group(1))
+            assert form.status_code == 200 and "demo@tollgate.local" in form.text
+            csrf = re.search(r'name="_csrf_token" value="([^"]+)"', form.text)
+            token = link.group(1).split("token=")[1]
+            assert csrf is not None
+            done = browser.post(
+                f"http://127.0.0.1:{port}/console/set-password",
+                data={"token": token, "password": "demo password 123", "_csrf_token": csrf[1]},
+            )
+            assert done.status_code == 303
+            login = browser.get(f"http://127.0.0.1:{port}/console/login")
+            csrf = re.search(r'name="_csrf_token" value="([^"]+)"', login.text)
+            assert csrf is not None
+            signed = browser.post(
+                f"http://127.0.0.1:{port}/console/login",
+                data={
+                    "email": "demo@tollgate.local",
+                    "password": "demo password 123",
+                    "_csrf_token": csrf[1],
+                },
+            )
+            assert signed.status_code == 303
+            assert browser.get(f"http://127.0.0.1:{port}/console").status_code == 200
     finally:
         process.send_signal(signal.SIGINT)
         try:

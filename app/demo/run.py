@@ -16,17 +16,21 @@ import uuid
 from decimal import Decimal
 
 import uvicorn
+from sqlalchemy import select
 
 from app.accounts import repository as accounts_repository
 from app.accounts import service as accounts
 from app.accounts.schemas import KeyChanges
 from app.config import load_settings
+from app.console import operators
+from app.console.schemas import OperatorRole
 from app.credits import service as credits
 from app.credits.limits import LimitPeriod, SpendLimit
 from app.credits.schemas import LedgerKind
 from app.db import migrate
 from app.db.embedded import start_embedded_postgres
 from app.db.engine import create_engine, create_sessionmaker, unit_of_work
+from app.db.models import Operator
 from app.notifications import repository as notification_repository
 from app.notifications import service as notifications
 from app.notifications.schemas import CreateEndpoint
@@ -34,7 +38,8 @@ from app.notifications.schemas import CreateEndpoint
 DEMO_CREDIT = "10.00"
 DEMO_KEY_LIMIT = SpendLimit(Decimal("5.00"), LimitPeriod.DAY, "UTC")
 DEMO_USER_LIMIT = SpendLimit(Decimal("0.50"), LimitPeriod.DAY, "UTC")
-DEMO_LOW_BALANCE = Decimal("9.99")  # `credit.low` after the first cent of usage
+DEMO_LOW_BALANCE = Decimal("9.99")
+DEMO_OPERATOR = "demo@tollgate.local"  # `credit.low` after the first cent of usage
 
 
 def _free_port() -> int:
@@ -45,7 +50,7 @@ def _free_port() -> int:
 
 
 async def _seed(
-    database_url: str, known: dict[str, str], sink_url: str
+    database_url: str, known: dict[str, str], sink_url: str, gateway_url: str
 ) -> tuple[str, str, dict[str, str]]:
     """The demo account and its webhook endpoint (made once, then found again by id), pointed
     at this run's sink, and a fresh key for this run; returns what to remember."""
@@ -86,17 +91,29 @@ async def _seed(
             _, plaintext = await accounts.issue_key(
                 session, account.id, changes=KeyChanges(name="demo", spend_limit=DEMO_KEY_LIMIT)
             )
+            # The console's demo operator, and a fresh one-time link to set its password.
+            staff = await session.scalar(select(Operator).where(Operator.email == DEMO_OPERATOR))
+            if staff is None:
+                staff, link = await operators.create_operator(
+                    session, DEMO_OPERATOR, OperatorRole.ADMIN, gateway_url
+                )
+            else:
+                link = await operators.new_link(session, staff, gateway_url)
+            while "tg-" in link:  # no printed token but the API key starts with tg-
+                link = await operators.new_link(session, staff, gateway_url)
             remembered = {
                 "account_id": str(account.id),
                 "webhook_endpoint_id": str(endpoint.id),
                 "webhook_secret": endpoint.secret,
             }
-            return str(account.id), plaintext, remembered
+            return str(account.id), plaintext, {**remembered, "console_link": link}
     finally:
         await engine.dispose()
 
 
-def _banner(gateway: str, key: str, admin_token: str, account_id: str, sink: str) -> str:
+def _banner(
+    gateway: str, key: str, admin_token: str, account_id: str, sink: str, console_link: str
+) -> str:
     return f"""Gateway: {gateway}
 API key: {key}
 Admin token: {admin_token}
@@ -144,6 +161,11 @@ user's request that could cost more than its €{DEMO_USER_LIMIT.amount}:
 Dashboard: {gateway}/dashboard (sign in with the API key above; its Keys page creates keys
 with their own spend limits, models and expiry)
 
+Console: {gateway}/console for operators. Set the password of {DEMO_OPERATOR} (admin) with
+this one-time link, then sign in with it:
+
+  {console_link}
+
 Press Ctrl+C to stop.
 """
 
@@ -161,7 +183,11 @@ def run_demo(*, port: int) -> None:
     known: dict[str, str] = json.loads(marker.read_text()) if marker.exists() else {}
     echo_port, sink_port = _free_port(), _free_port()
     sink = f"http://127.0.0.1:{sink_port}"
-    account_id, key, remembered = asyncio.run(_seed(database_url, known, f"{sink}/webhooks"))
+    gateway = f"http://127.0.0.1:{port}"
+    account_id, key, remembered = asyncio.run(
+        _seed(database_url, known, f"{sink}/webhooks", gateway)
+    )
+    console_link = remembered.pop("console_link")
     marker.write_text(json.dumps(remembered))
 
     admin_token = base.admin_token or f"adm-{secrets.token_urlsafe(24)}"
@@ -173,7 +199,6 @@ def run_demo(*, port: int) -> None:
         TOLLGATE_UPSTREAMS_FILE=None,
         TOLLGATE_PORT=port,
     )
-    gateway = f"http://127.0.0.1:{port}"
 
     async def serve() -> None:
         options = {"host": "127.0.0.1", "log_level": "warning", "lifespan": "on"}
@@ -193,7 +218,7 @@ def run_demo(*, port: int) -> None:
                 break
             await asyncio.sleep(0.05)
         if app.started:
-            print(_banner(gateway, key, admin_token, account_id, sink), flush=True)
+            print(_banner(gateway, key, admin_token, account_id, sink, console_link), flush=True)
         await app_task
         echo.should_exit = sink_server.should_exit = True
         await echo_task
