@@ -243,3 +243,60 @@ async def payments(session: AsyncSession, account_id: uuid.UUID) -> Sequence[Any
             {"a": account_id},
         )
     ).all()
+
+
+async def account_names(
+    session: AsyncSession, account_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """id → name of the given accounts, in one query."""
+    if not account_ids:
+        return {}
+    rows = await session.execute(
+        text("SELECT id, name FROM accounts WHERE id = ANY(CAST(:ids AS uuid[]))"),
+        {"ids": list(set(account_ids))},
+    )
+    return {r.id: r.name for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceRow:
+    account_id: uuid.UUID
+    id: uuid.UUID
+    account_name: str
+    number: str
+    period_start: datetime
+    status: str
+    currency: str
+    subtotal: Decimal
+    credits_applied: Decimal
+    amount_due: Decimal
+    issued_at: datetime
+
+
+async def invoices(
+    session: AsyncSession,
+    *,
+    period_start: datetime | None,
+    status: str | None,
+    offset: int = 0,
+    limit: int = PAGE,
+) -> list[InvoiceRow]:
+    """Invoices across accounts, of one period and status if given: newest period first, then
+    by number."""
+    rows = await session.execute(
+        text(
+            """
+            SELECT i.account_id, i.id, a.name AS account_name, i.number, i.period_start,
+                   i.status, i.currency, i.subtotal, i.credits_applied, i.amount_due,
+                   i.issued_at
+            FROM invoices i JOIN accounts a ON a.id = i.account_id
+            WHERE (CAST(:period_start AS timestamptz) IS NULL
+                   OR i.period_start = :period_start)
+              AND (CAST(:status AS text) IS NULL OR i.status = :status)
+            ORDER BY i.period_start DESC, i.number DESC
+            LIMIT :limit OFFSET :offset
+            """
+        ),
+        {"period_start": period_start, "status": status, "limit": limit, "offset": offset},
+    )
+    return [InvoiceRow(**row._mapping) for row in rows]

@@ -13,7 +13,7 @@ from litestar.exceptions import HTTPException, NotFoundException, PermissionDeni
 from litestar.params import FromPath
 from litestar.response import Redirect
 
-from app.console.pages import accounts, audit, overview, signin
+from app.console.pages import accounts, audit, invoices, overview, pricing, signin, usage, webhooks
 from app.console.render import page
 from app.console.security import ConsoleSecurity
 from app.console.session import LOGIN, SignInRequired, provide_staff
@@ -66,6 +66,18 @@ console_router = Router(
         accounts.unsuspend,
         accounts.revoke_key,
         accounts.set_key_limit,
+        usage.usage_page,
+        usage.usage_csv,
+        invoices.invoice_list,
+        invoices.invoice_page,
+        invoices.invoice_pdf,
+        invoices.run_period,
+        pricing.pricing_page,
+        webhooks.webhooks_page,
+        webhooks.endpoint_page,
+        webhooks.create_endpoint,
+        webhooks.delete_endpoint,
+        webhooks.retry_delivery,
         audit.audit_page,
         audit.operators_page,
         audit.create_operator,

@@ -4,9 +4,6 @@ enforced by the server, sign-in slowed after failures, a dashboard session openi
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -16,50 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import new_account_with_key
+from tests.console.helpers import PASSWORD, client_signed_in, csrf, set_password_and_sign_in
 from tests.dashboard.conftest import Customer, Dashboard, sign_in
 from tests.dashboard.seed import ingest, usage_events
-
-PASSWORD = "correct horse battery staple"
-
-
-async def _set_password_and_sign_in(page: Page, token: str, email: str) -> None:
-    await page.goto(f"/console/set-password?token={token}")
-    await page.fill("input[name=password]", PASSWORD)
-    await page.click("button[type=submit]")
-    await page.wait_for_url("**/console/login")
-    await page.fill("input[name=email]", email)
-    await page.fill("input[name=password]", PASSWORD)
-    await page.press("input[name=password]", "Enter")
-    await page.wait_for_url("**/console")
-
-
-@contextlib.asynccontextmanager
-async def _client_signed_in(
-    dashboard: Dashboard, token: str, email: str
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=dashboard.url, timeout=30) as client:
-        await _sign_in_with_link(client, token, email)
-        yield client
-
-
-async def _sign_in_with_link(client: httpx.AsyncClient, token: str, email: str) -> None:
-    form = await client.get(f"/console/set-password?token={token}")
-    csrf = _csrf(form.text)
-    await client.post(
-        "/console/set-password", data={"token": token, "password": PASSWORD, "_csrf_token": csrf}
-    )
-    login = await client.get("/console/login")
-    signed = await client.post(
-        "/console/login",
-        data={"email": email, "password": PASSWORD, "_csrf_token": _csrf(login.text)},
-    )
-    assert signed.status_code == 303, signed.text
-
-
-def _csrf(html: str) -> str:
-    match = re.search(r'name="_csrf_token" value="([^"]+)"', html)
-    assert match is not None, html[:500]
-    return match.group(1)
 
 
 async def test_an_operator_sets_a_password_finds_an_account_and_grants_credit(
@@ -70,7 +26,7 @@ async def test_an_operator_sets_a_password_finds_an_account_and_grants_credit(
     make_operator: Any,
 ) -> None:
     token = await make_operator("ops@example.com", "billing")
-    await _set_password_and_sign_in(page, token, "ops@example.com")
+    await set_password_and_sign_in(page, token, "ops@example.com")
     # By name …
     await page.goto("/console/accounts")
     await page.fill("input[name=q]", "acme rob")
@@ -109,7 +65,7 @@ async def test_a_viewer_cannot_grant_not_even_by_posting_the_form_by_hand(
     make_operator: Any,
 ) -> None:
     token = await make_operator("viewer@example.com", "viewer")
-    async with _client_signed_in(dashboard, token, "viewer@example.com") as client:
+    async with client_signed_in(dashboard, token, "viewer@example.com") as client:
         shown = await client.get(f"/console/accounts/{customer.id}")
         assert shown.status_code == 200 and "credit-form" not in shown.text
         posted = await client.post(
@@ -118,13 +74,13 @@ async def test_a_viewer_cannot_grant_not_even_by_posting_the_form_by_hand(
                 "kind": "grant",
                 "amount": "100",
                 "reason": "please",
-                "_csrf_token": _csrf(shown.text),
+                "_csrf_token": csrf(shown.text),
             },
         )
         assert posted.status_code == 403
         assert "viewer" in posted.text
         suspended = await client.post(
-            f"/console/accounts/{customer.id}/suspend", data={"_csrf_token": _csrf(shown.text)}
+            f"/console/accounts/{customer.id}/suspend", data={"_csrf_token": csrf(shown.text)}
         )
         assert suspended.status_code == 403
         assert (await client.get("/console/operators")).status_code == 403
@@ -144,7 +100,7 @@ async def test_five_wrong_passwords_slow_the_address_down(
     make_operator: Any,
 ) -> None:
     token = await make_operator("slow@example.com", "admin")
-    async with _client_signed_in(dashboard, token, "slow@example.com"):
+    async with client_signed_in(dashboard, token, "slow@example.com"):
         pass
     async with httpx.AsyncClient(base_url=dashboard.url, timeout=30) as client:
         statuses = []
@@ -155,7 +111,7 @@ async def test_five_wrong_passwords_slow_the_address_down(
                 data={
                     "email": "slow@example.com",
                     "password": "wrong",
-                    "_csrf_token": _csrf(login.text),
+                    "_csrf_token": csrf(login.text),
                 },
             )
             statuses.append(answer.status_code)
@@ -168,7 +124,7 @@ async def test_five_wrong_passwords_slow_the_address_down(
             data={
                 "email": "slow@example.com",
                 "password": PASSWORD,
-                "_csrf_token": _csrf(login.text),
+                "_csrf_token": csrf(login.text),
             },
         )
         assert right.status_code == 429
@@ -184,7 +140,19 @@ async def test_a_dashboard_session_opens_nothing_here(
     assert page.url.endswith("/console/login")
 
 
-PAGES = ["/console", "/console/accounts", "/console/audit", "/console/operators"]
+PAGES = [
+    "/console",
+    "/console/accounts",
+    "/console/audit",
+    "/console/operators",
+    "/console/usage",
+    "/console/usage?from=2020-01-01&to=2020-12-31&model=llama-3.3-70b",
+    "/console/usage.csv",
+    "/console/invoices",
+    "/console/invoices?period=2020-01&status=final",
+    "/console/pricing",
+    "/console/webhooks",
+]
 
 
 async def test_every_page_renders_empty_and_with_a_month_of_usage(
@@ -194,7 +162,7 @@ async def test_every_page_renders_empty_and_with_a_month_of_usage(
     make_operator: Any,
 ) -> None:
     token = await make_operator("admin@example.com", "admin")
-    async with _client_signed_in(dashboard, token, "admin@example.com") as client:
+    async with client_signed_in(dashboard, token, "admin@example.com") as client:
         for path in PAGES:
             response = await client.get(path)
             assert response.status_code == 200, (path, response.text[:300])
