@@ -80,13 +80,17 @@ def upgrade() -> None:
         sa.Column("email_to", sa.Text()),
         sa.Column("status", sa.Text(), server_default=sa.text("'pending'"), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
-        sa.Column("next_attempt_at", sa.DateTime(timezone=True), server_default=NOW, nullable=False),
+        sa.Column(
+            "next_attempt_at", sa.DateTime(timezone=True), server_default=NOW, nullable=False
+        ),
         sa.Column("leased_until", sa.DateTime(timezone=True)),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=NOW, nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True)),
         sa.Column("last_status", sa.Integer()),
         sa.Column("last_error", sa.Text()),
-        sa.CheckConstraint("channel IN ('webhook', 'email')", name=op.f("ck_notification_deliveries_channel")),
+        sa.CheckConstraint(
+            "channel IN ('webhook', 'email')", name=op.f("ck_notification_deliveries_channel")
+        ),
         sa.CheckConstraint(
             "status IN ('pending', 'succeeded', 'failed')",
             name=op.f("ck_notification_deliveries_status"),
