@@ -31,7 +31,7 @@ from app.errors import error_response
 from app.gateway import tokens
 from app.gateway.proxy import Gateway
 from app.gateway.routes import proxy_routes
-from app.gateway.upstreams import load_router
+from app.gateway.upstreams import CircuitBreaker, load_routing
 from app.health import healthz
 from app.invoices.routes import admin_invoice_routes, invoice_routes
 from app.jobs import Scheduler, billing_jobs, default_jobs
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
     tiers = load_tiers(settings.pricing_dir / "tiers.toml")
     catalog = load_catalog(settings.pricing_dir)
-    router = load_router(settings)
+    router, breaker_policy = load_routing(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -104,6 +104,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             limiter=RateLimiter(settings.redis_url),
             tiers=tiers,
             writer=writer,
+            breaker=CircuitBreaker(breaker_policy),
         )
         notifications = None
         if settings.notifications_enabled:

@@ -48,8 +48,9 @@ from app.errors import (
 )
 from app.gateway import audio
 from app.gateway import requests as rq
+from app.gateway.metrics import UpstreamFailure, observe_upstream
 from app.gateway.relay import DONE_EVENT, SseInspector
-from app.gateway.upstreams import Router
+from app.gateway.upstreams import CircuitBreaker, Router, Upstream
 from app.gateway.usage import MeteredUsage, estimate_usage, usage_from_body, usage_from_stream
 from app.limits.service import RateLimiter
 from app.metering.schemas import RequestOutcome, Settlement, UsageEventRecord
@@ -154,6 +155,7 @@ class Gateway:
         limiter: RateLimiter,
         tiers: TierTable,
         writer: UsageWriter,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -164,6 +166,7 @@ class Gateway:
         self.limiter = limiter
         self.tiers = tiers
         self.writer = writer
+        self.breaker = breaker or CircuitBreaker()
 
     async def handle(self, request: Request[Any, Any, Any], endpoint: str) -> ASGIApp:
         started = time.monotonic()
@@ -224,30 +227,85 @@ class Gateway:
     async def _send_upstream(
         self, call: Call, request: Request[Any, Any, Any], raw: bytes
     ) -> aiohttp.ClientResponse:
+        """The first usable response along the model's fallback order (SPEC 13): on a
+        connection error, a timeout before the response starts, a 429 or a 5xx the next
+        upstream is tried. Nothing has reached the client yet, so a retry is invisible to it;
+        the last failure is what it gets when every upstream failed."""
         resolved = call.resolved
-        upstream, upstream_model = self.router.route(
-            resolved.name, resolved.base, resolved.suffix, call.request.model
+        attempts = self.breaker.order(
+            self.router.route(resolved.name, resolved.base, resolved.suffix, call.request.model)
         )
-        call.upstream = upstream.name
-        content = raw
+        headers = self._upstream_headers(call, request)
+        bodies: dict[str, bytes] = {}
+        last = len(attempts) - 1
+        for index, attempt in enumerate(attempts):
+            upstream = attempt.upstream
+            call.upstream = upstream.name
+            content = bodies.get(attempt.model)
+            if content is None:
+                content = bodies[attempt.model] = self._upstream_body(call, raw, attempt.model)
+            started = time.monotonic()
+            try:
+                # Returns once the status and headers are in; the body is read or relayed later.
+                response = await self.client.post(
+                    upstream.base_url + call.request.endpoint.removeprefix("/v1"),
+                    data=content,
+                    headers=[*headers, *_credentials(upstream)],
+                )
+            except TimeoutError as exc:
+                self._upstream_failed(upstream, started, UpstreamFailure.TIMEOUT)
+                if index < last:
+                    continue
+                raise UpstreamTimeout(
+                    f"The upstream for {resolved.name} did not answer in time."
+                ) from exc
+            except aiohttp.ClientError as exc:
+                self._upstream_failed(upstream, started, UpstreamFailure.CONNECTION)
+                if index < last:
+                    continue
+                raise UpstreamUnavailable(
+                    f"The upstream for {resolved.name} could not be reached ({type(exc).__name__})."
+                ) from exc
+            if response.status == 429 or response.status >= 500:
+                self._upstream_failed(upstream, started, UpstreamFailure.status(response.status))
+                if index < last:
+                    response.close()  # nothing of it is needed: a fresh connection is cheap
+                    continue
+            else:
+                self.breaker.succeeded(upstream.name)
+                observe_upstream(upstream.name, time.monotonic() - started)
+            return response
+        raise AssertionError("a route has at least one upstream")  # pragma: no cover
+
+    def _upstream_failed(self, upstream: Upstream, started: float, reason: UpstreamFailure) -> None:
+        self.breaker.failed(upstream.name)
+        observe_upstream(upstream.name, time.monotonic() - started, reason)
+
+    def _upstream_body(self, call: Call, raw: bytes, upstream_model: str) -> bytes:
+        """The body as sent to an upstream: the client's bytes unless something had to change
+        (the model's name there, usage asked for on a stream, the receipt field removed)."""
         body = call.request.body
         accounting = isinstance(body, dict) and isinstance(body.get("usage"), dict)
-        if body is not None and (
+        if body is None or not (
             upstream_model != call.request.model or call.request.stream or accounting
         ):
-            body = dict(body)
-            body["model"] = upstream_model
-            if accounting:
-                del body["usage"]
-            if call.request.stream:
-                # Ask for usage on the client's behalf; hidden again if it did not ask.
-                options = dict(body.get("stream_options") or {})
-                options["include_usage"] = True
-                body["stream_options"] = options
-            try:
-                content = _encode(body)
-            except RecursionError:  # decoded off the event loop, on a shallower stack
-                raise InvalidJson(too_deep=True) from None
+            return raw
+        body = dict(body)
+        body["model"] = upstream_model
+        if accounting:
+            del body["usage"]
+        if call.request.stream:
+            # Ask for usage on the client's behalf; hidden again if it did not ask.
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            body["stream_options"] = options
+        try:
+            return _encode(body)
+        except RecursionError:  # decoded off the event loop, on a shallower stack
+            raise InvalidJson(too_deep=True) from None
+
+    @staticmethod
+    def _upstream_headers(call: Call, request: Request[Any, Any, Any]) -> list[tuple[str, str]]:
         is_json = call.request.body is not None
         headers = [
             (name, value)
@@ -260,23 +318,7 @@ class Gateway:
             headers.append(("content-type", "application/json"))
         headers.append(("accept-encoding", "identity"))
         headers.append(("x-request-id", call.request_id))
-        if upstream.api_key:
-            headers.append(("authorization", f"Bearer {upstream.api_key}"))
-        try:
-            # Returns once the status and headers are in; the body is read or relayed later.
-            return await self.client.post(
-                upstream.base_url + call.request.endpoint.removeprefix("/v1"),
-                data=content,
-                headers=headers,
-            )
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"The upstream for {resolved.name} did not answer in time."
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(
-                f"The upstream for {resolved.name} could not be reached ({type(exc).__name__})."
-            ) from exc
+        return headers
 
     async def _respond(self, call: Call, response: aiohttp.ClientResponse) -> ASGIApp:
         call.response_headers = _relayed_headers(response.raw_headers, call.limit_headers)
@@ -507,6 +549,10 @@ async def _inspect_multipart(request: Request[Any, Any, Any]) -> rq.ProxyRequest
     await upload.seek(0)
     measured = await asyncio.to_thread(audio.duration, data) if data else None
     return rq.inspect_transcription(fields, len(data), measured)
+
+
+def _credentials(upstream: Upstream) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {upstream.api_key}")] if upstream.api_key else []
 
 
 def _error_event(error: TollgateError) -> bytes:

@@ -10,17 +10,28 @@ of named upstreams and per-model routes (TOLLGATE_UPSTREAMS_FILE):
     [routes]
     "llama-3.3-70b" = { upstream = "camocopy", model = "llama-3-3-70b" }
     "pixtral-12b-2409" = "camocopy"
+    "llama-3.1-8b" = ["camocopy", { upstream = "backup", model = "llama-3-1-8b" }]
+
+    [breaker]                                 # optional; these are the defaults
+    window = 10                               # the recent attempts judged
+    min_attempts = 5                          # fewer than this never open the circuit
+    cooldown_seconds = 30
 
 Routes are matched on the catalog name (suffix included first, then the base model); a route's
-`model` replaces the model name sent upstream, keeping any `-online`/`-deep` suffix.
+`model` replaces the model name sent upstream, keeping any `-online`/`-deep` suffix. A list
+(also for `default`) is a fallback order (SPEC 13): the next entry is tried when one fails
+before its response started.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import tomllib
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from app.config import Settings
 
@@ -43,32 +54,122 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class Attempt:
+    """One entry of a request's fallback order: where to send it and under which name."""
+
+    upstream: Upstream
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
 class Router:
-    default: Upstream | None
-    routes: dict[str, Route]
+    default: tuple[Route, ...]
+    routes: dict[str, tuple[Route, ...]]
 
-    def route(
-        self, name: str, base: str, suffix: str | None, requested: str
-    ) -> tuple[Upstream, str]:
-        """(upstream, model name to send) for a request of catalog model `name`."""
-        route = self.routes.get(name)
-        if route is None and (route := self.routes.get(base)) is not None and route.model:
-            route = Route(route.upstream, f"{route.model}{suffix or ''}")
-        if route is not None:
-            return route.upstream, route.model or requested
-        if self.default is None:
+    def route(self, name: str, base: str, suffix: str | None, requested: str) -> list[Attempt]:
+        """The upstreams to try, in order, for a request of catalog model `name`."""
+        routes = self.routes.get(name)
+        if routes is None and (routes := self.routes.get(base)) is not None:
+            # A base model's route serves its suffixed variants, the suffix kept.
+            routes = tuple(
+                Route(r.upstream, f"{r.model}{suffix or ''}") if r.model else r for r in routes
+            )
+        routes = routes or self.default
+        if not routes:
             raise UpstreamConfigError(f"no upstream serves {name}")
-        return self.default, requested
+        return [Attempt(r.upstream, r.model or requested) for r in routes]
+
+    @property
+    def upstreams(self) -> list[str]:
+        """Every upstream name a request can reach (bounded: metric labels come from here)."""
+        names = {r.upstream.name for r in self.default}
+        names.update(r.upstream.name for routes in self.routes.values() for r in routes)
+        return sorted(names)
 
 
-def load_router(settings: Settings) -> Router:
-    default = None
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    window: int = 10
+    min_attempts: int = 5
+    cooldown_seconds: float = 30.0
+
+
+@dataclass(slots=True)
+class _Circuit:
+    recent: deque[bool]  # True = failed, newest last
+    opened_at: float | None = None  # monotonic; None = closed
+    probing: bool = False  # the one request let through after the cool-down is out
+
+
+@dataclass
+class CircuitBreaker:
+    """Per-process health of each upstream (SPEC 13): one that failed most of its recent
+    attempts is skipped for a cool-down, then given a single probe request; the probe's result
+    closes the circuit or opens it again. State per process is enough: each instance learns
+    about a dead upstream from its own few failures."""
+
+    policy: BreakerPolicy = field(default_factory=BreakerPolicy)
+    clock: Any = time.monotonic
+    _circuits: dict[str, _Circuit] = field(default_factory=dict)
+
+    def _circuit(self, name: str) -> _Circuit:
+        circuit = self._circuits.get(name)
+        if circuit is None:
+            circuit = self._circuits[name] = _Circuit(deque(maxlen=self.policy.window))
+        return circuit
+
+    def order(self, attempts: list[Attempt]) -> list[Attempt]:
+        """`attempts` without the upstreams whose circuit is open. When that leaves none, the
+        first is tried anyway: a request is never refused without reaching any upstream."""
+        if not self._circuits:
+            return attempts  # nothing has failed yet: the common case costs one check
+        allowed = [a for a in attempts if self._admits(a.upstream.name)]
+        return allowed or attempts[:1]
+
+    def _admits(self, name: str) -> bool:
+        circuit = self._circuits.get(name)
+        if circuit is None or circuit.opened_at is None:
+            return True
+        if circuit.probing or self.clock() - circuit.opened_at < self.policy.cooldown_seconds:
+            return False
+        circuit.probing = True  # half-open: this request is the probe
+        return True
+
+    def is_open(self, name: str) -> bool:
+        circuit = self._circuits.get(name)
+        return circuit is not None and circuit.opened_at is not None
+
+    def succeeded(self, name: str) -> None:
+        circuit = self._circuits.get(name)
+        if circuit is None:
+            return
+        if circuit.opened_at is not None:  # the probe answered: close, forget the failures
+            circuit.opened_at = None
+            circuit.probing = False
+            circuit.recent.clear()
+        circuit.recent.append(False)
+
+    def failed(self, name: str) -> None:
+        circuit = self._circuit(name)
+        if circuit.opened_at is not None:  # the probe failed (or a request begun before)
+            circuit.opened_at = self.clock()
+            circuit.probing = False
+            return
+        circuit.recent.append(True)
+        failures = sum(circuit.recent)
+        if len(circuit.recent) >= self.policy.min_attempts and failures * 2 > len(circuit.recent):
+            circuit.opened_at = self.clock()
+
+
+def load_routing(settings: Settings) -> tuple[Router, BreakerPolicy]:
+    default: tuple[Route, ...] = ()
     if settings.upstream_base_url:
-        default = Upstream(
+        upstream = Upstream(
             "default", settings.upstream_base_url.rstrip("/"), settings.upstream_api_key
         )
+        default = (Route(upstream, None),)
     if settings.upstreams_file is None:
-        return Router(default=default, routes={})
+        return Router(default=default, routes={}), BreakerPolicy()
     path = settings.upstreams_file
     try:
         raw = tomllib.loads(path.read_text())
@@ -83,20 +184,55 @@ def load_router(settings: Settings) -> Router:
             raise UpstreamConfigError(f"{path}: {key}: unknown upstream {name!r}")
         return upstreams[name]
 
-    if "default" in raw:
-        default = named("default", raw["default"])
-    routes: dict[str, Route] = {}
-    for model, spec in raw.get("routes", {}).items():
-        key = f"routes.{model}"
+    def entry(key: str, spec: object) -> Route:
         if isinstance(spec, str):
-            routes[model.lower()] = Route(named(key, spec), None)
-        elif isinstance(spec, dict):
-            routes[model.lower()] = Route(
-                named(f"{key}.upstream", spec.get("upstream")), spec.get("model")
-            )
-        else:
-            raise UpstreamConfigError(f"{path}: {key}: expected an upstream name or a table")
-    return Router(default=default, routes=routes)
+            return Route(named(key, spec), None)
+        if isinstance(spec, dict):
+            model = spec.get("model")
+            if model is not None and not isinstance(model, str):
+                raise UpstreamConfigError(f"{path}: {key}.model: expected a string")
+            return Route(named(f"{key}.upstream", spec.get("upstream")), model)
+        raise UpstreamConfigError(f"{path}: {key}: expected an upstream name or a table")
+
+    def entries(key: str, spec: object) -> tuple[Route, ...]:
+        if not isinstance(spec, list):
+            return (entry(key, spec),)
+        if not spec:
+            raise UpstreamConfigError(f"{path}: {key}: an empty list")
+        routes = tuple(entry(f"{key}[{i}]", item) for i, item in enumerate(spec))
+        names = [r.upstream.name for r in routes]
+        if len(set(names)) != len(names):
+            # Each upstream is tried at most once per request (SPEC 13).
+            raise UpstreamConfigError(f"{path}: {key}: an upstream is listed twice")
+        return routes
+
+    if "default" in raw:
+        default = entries("default", raw["default"])
+    routes = {
+        model.lower(): entries(f"routes.{model}", spec)
+        for model, spec in raw.get("routes", {}).items()
+    }
+    return Router(default=default, routes=routes), _breaker_policy(path, raw.get("breaker", {}))
+
+
+def _breaker_policy(path: Path, spec: object) -> BreakerPolicy:
+    if not isinstance(spec, dict):
+        raise UpstreamConfigError(f"{path}: breaker: expected a table")
+    policy = BreakerPolicy()
+    values: dict[str, Any] = {}
+    for key, kind in (("window", int), ("min_attempts", int), ("cooldown_seconds", float)):
+        if key in spec:
+            value = spec[key]
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise UpstreamConfigError(f"{path}: breaker.{key}: expected a positive number")
+            values[key] = kind(value)
+    unknown = set(spec) - {"window", "min_attempts", "cooldown_seconds"}
+    if unknown:
+        raise UpstreamConfigError(f"{path}: breaker: unknown keys {sorted(unknown)}")
+    policy = replace(policy, **values)
+    if policy.min_attempts > policy.window:
+        raise UpstreamConfigError(f"{path}: breaker.min_attempts: more than the window")
+    return policy
 
 
 def _upstream(path: Path, name: str, spec: object) -> Upstream:

@@ -257,6 +257,8 @@ class FakeUpstream:
         self._active = 0
         # Streams still running when a test resets must not count toward the next test.
         self._generation = 0
+        # Behaviours for every request, e.g. "error-503" for an upstream that is down.
+        self.forced = ""
 
         # A plain coroutine function: uvicorn takes a bound method for an ASGI2 app.
         async def app(scope: echo.Scope, receive: echo.Receive, send: echo.Send) -> None:
@@ -280,6 +282,7 @@ class FakeUpstream:
             self._requests.clear()
             self._streams.clear()
             self._generation += 1
+            self.forced = ""
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -313,7 +316,9 @@ class FakeUpstream:
             self._requests.append(recorded)
             generation = self._generation
         try:
-            behaviour = Behaviour.parse(behaviour_spec(request))
+            behaviour = Behaviour.parse(
+                ",".join(filter(None, (self.forced, behaviour_spec(request))))
+            )
         except ValueError as exc:
             await echo.serve(echo.error_reply(400, str(exc), param="user"), receive, send)
             return

@@ -1,0 +1,37 @@
+"""The request path's Prometheus metrics (SPEC 14). Label values are bounded: upstream names
+from the upstreams file, failure reasons from `UpstreamFailure`; never a value a client sent."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from prometheus_client import Counter, Histogram
+
+UPSTREAM_DURATION = Histogram(
+    "tollgate_upstream_duration_seconds",
+    "Time from sending a request upstream to its response's status and headers",
+    ["upstream"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+UPSTREAM_FAILURES = Counter(
+    "tollgate_upstream_failures",
+    "Upstream attempts that failed before their response started, by reason",
+    ["upstream", "reason"],
+)
+
+
+class UpstreamFailure(StrEnum):
+    CONNECTION = "connection"  # refused, reset, DNS: nothing reached the upstream's app
+    TIMEOUT = "timeout"  # no status line within the read timeout
+    RATE_LIMITED = "rate_limited"  # 429
+    SERVER_ERROR = "server_error"  # 5xx
+
+    @classmethod
+    def status(cls, status: int) -> UpstreamFailure:
+        return cls.RATE_LIMITED if status == 429 else cls.SERVER_ERROR
+
+
+def observe_upstream(upstream: str, seconds: float, failure: UpstreamFailure | None = None) -> None:
+    UPSTREAM_DURATION.labels(upstream).observe(seconds)
+    if failure is not None:
+        UPSTREAM_FAILURES.labels(upstream, failure.value).inc()
