@@ -5,6 +5,7 @@ from __future__ import annotations
 import site
 import sysconfig
 from decimal import Decimal
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 
@@ -29,6 +30,11 @@ def bundled_dir(name: str) -> Path:
 
 DEFAULT_PRICING_DIR = bundled_dir("pricing")
 MIGRATIONS_DIR = bundled_dir("migrations")
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
 
 
 class Settings(BaseSettings):
@@ -115,6 +121,11 @@ class Settings(BaseSettings):
     )
     # Settlements per usage commit; 1 turns group commit off (a baseline for benchmarks).
     writer_max_batch: int = Field(default=1000, ge=1, validation_alias="TOLLGATE_WRITER_MAX_BATCH")
+    # Required as a bearer token on /metrics when set.
+    metrics_token: str | None = Field(default=None, validation_alias="TOLLGATE_METRICS_TOKEN")
+    log_format: LogFormat = Field(default=LogFormat.TEXT, validation_alias="TOLLGATE_LOG_FORMAT")
+    # Traces (SPEC 14) only when set; the exporter reads the OTEL_* variables itself.
+    otel_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
     host: str = Field(default="127.0.0.1", validation_alias="TOLLGATE_HOST")
     port: int = Field(default=8080, validation_alias="TOLLGATE_PORT")
     scheduler_enabled: bool = Field(default=True, validation_alias="TOLLGATE_SCHEDULER")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 from litestar import Litestar
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.handlers.base import BaseRouteHandler
 from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
@@ -18,7 +22,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from app.accounts.auth import KeyAuthenticator, provide_principal
 from app.accounts.routes import get_key
 from app.admin.routes import admin_router
-from app.config import Settings, load_settings
+from app.config import LogFormat, Settings, load_settings
 from app.console.routes import console_router
 from app.credits.holds import HoldKeeper
 from app.credits.routes import get_account, get_credits
@@ -27,15 +31,17 @@ from app.dashboard.routes import dashboard_router
 from app.db import migrate
 from app.db.embedded import start_embedded_postgres
 from app.db.engine import create_engine, create_sessionmaker, provide_transaction
-from app.errors import error_response
+from app.errors import InvalidApiKey, error_response
 from app.gateway import tokens
+from app.gateway.observe import Observer
 from app.gateway.proxy import Gateway
 from app.gateway.routes import proxy_routes
-from app.gateway.upstreams import CircuitBreaker, load_routing
+from app.gateway.upstreams import CircuitBreaker, load_routing, load_upstream_costs
 from app.health import healthz
 from app.invoices.routes import admin_invoice_routes, invoice_routes
 from app.jobs import Scheduler, billing_jobs, default_jobs
 from app.limits.service import RateLimiter
+from app.logs import JsonFormatter
 from app.metering.routes import get_generation, ingest_events
 from app.metering.writer import UsageWriter
 from app.middleware import add_request_id
@@ -50,8 +56,20 @@ from app.usage.routes import usage_routes
 logger = logging.getLogger(__name__)
 
 
+def require_metrics_token(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    expected: str | None = connection.app.state.settings.metrics_token
+    if expected is None:
+        return
+    scheme, _sep, token = (connection.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    ):
+        raise InvalidApiKey("Missing or incorrect metrics token.")
+
+
 class MetricsController(PrometheusController):
     path = "/metrics"
+    guards = [require_metrics_token]  # noqa: RUF012 (litestar reads it from the class)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -59,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     tiers = load_tiers(settings.pricing_dir / "tiers.toml")
     catalog = load_catalog(settings.pricing_dir)
     router, breaker_policy = load_routing(settings)
+    upstream_costs = load_upstream_costs(settings, catalog.currency)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -86,6 +105,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             auto_decompress=False,  # bytes are relayed as the upstream sent them
             skip_auto_headers=("User-Agent",),  # the client's own passes through
         )
+        observer = Observer(
+            json_logs=settings.log_format is LogFormat.JSON,
+            traces=settings.otel_endpoint is not None,
+        )
         writer = UsageWriter(
             engine,
             max_batch=settings.writer_max_batch,
@@ -105,6 +128,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             tiers=tiers,
             writer=writer,
             breaker=CircuitBreaker(breaker_policy),
+            upstream_costs=upstream_costs,
+            observer=observer,
         )
         notifications = None
         if settings.notifications_enabled:
@@ -128,10 +153,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await holds.close()
             await client.close()
             await engine.dispose()
+            observer.close()
 
+    json_logging: dict[str, Any] = (
+        {"formatters": {"standard": {"()": JsonFormatter}}}
+        if settings.log_format is LogFormat.JSON
+        else {}
+    )
     prometheus = PrometheusConfig(
         app_name="tollgate",
-        prefix="tollgate",
+        # Every HTTP route's own series; `tollgate_requests_total` is the proxied requests'
+        # (SPEC 14, by endpoint, model and status).
+        prefix="tollgate_http",
         group_path=True,
         exclude=["/metrics"],
     )
@@ -161,6 +194,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         before_send=[add_request_id],
         exception_handlers={Exception: error_response},
         logging_config=LoggingConfig(
+            **json_logging,
             # INFO from these is a line per Stripe call or job run: noise in the gateway's log.
             loggers={name: {"level": "WARNING"} for name in ("httpx", "httpcore", "apscheduler")},
         ),

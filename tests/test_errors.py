@@ -95,8 +95,9 @@ async def test_healthz_and_metrics(client: httpx.AsyncClient) -> None:
     assert response.json() == {"status": "ok"}
     metrics = await client.get("/metrics")
     assert metrics.status_code == 200
-    assert "tollgate_requests_total" in metrics.text
+    assert "tollgate_http_requests_total" in metrics.text
     assert 'path="/healthz"' in metrics.text
+    assert "# TYPE tollgate_requests_total counter" in metrics.text
 
 
 async def test_healthz_is_503_when_database_is_down() -> None:

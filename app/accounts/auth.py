@@ -29,6 +29,7 @@ class Principal:
     scope: KeyScope = KeyScope.FULL
     allowed_models: frozenset[str] | None = None  # catalog names; None: every model
     expires_at: datetime | None = None
+    prefix: str = ""  # the key's displayed start, for logs
 
     def allows(self, name: str, base: str, suffixed: bool) -> bool:
         """A model by its canonical name as requested; a base name allows its suffixes."""
@@ -101,6 +102,7 @@ class KeyAuthenticator:
                 if found.allowed_models is None
                 else frozenset(found.allowed_models),
                 expires_at=found.expires_at,
+                prefix=found.prefix,
             )
         if forgotten != self._forgotten:
             return principal  # read before a revocation committed, perhaps: not cached

@@ -77,12 +77,17 @@ async def revoke_key(
 
 async def find_active_key(
     session: AsyncSession, key_hash: bytes
-) -> Row[uuid.UUID, uuid.UUID, str, list[str] | None, datetime | None] | None:
+) -> Row[uuid.UUID, uuid.UUID, str, list[str] | None, datetime | None, str] | None:
     """Identity and rights of an unrevoked key with this hash."""
     return (
         await session.execute(
             select(
-                ApiKey.id, ApiKey.account_id, ApiKey.scope, ApiKey.allowed_models, ApiKey.expires_at
+                ApiKey.id,
+                ApiKey.account_id,
+                ApiKey.scope,
+                ApiKey.allowed_models,
+                ApiKey.expires_at,
+                ApiKey.prefix,
             ).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
         )
     ).one_or_none()

@@ -1,11 +1,34 @@
-"""The request path's Prometheus metrics (SPEC 14). Label values are bounded: upstream names
-from the upstreams file, failure reasons from `UpstreamFailure`; never a value a client sent."""
+"""The request path's Prometheus metrics (SPEC 14). Label values are bounded: endpoints and
+catalog model names, upstream names from the upstreams file, failure reasons from
+`UpstreamFailure`; never a value a client sent."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
 from prometheus_client import Counter, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+REQUESTS = Counter(
+    "tollgate_requests",
+    "Proxied requests by endpoint, catalog model and response status",
+    ["endpoint", "model", "status"],
+)
+TOKENS = Counter("tollgate_tokens", "Tokens billed by catalog model and kind", ["model", "kind"])
+SPEND = Counter(
+    "tollgate_spend", "Amount charged for usage by catalog model", ["model", "currency"]
+)
+HOLD_SECONDS = Histogram(
+    "tollgate_hold_duration_seconds",
+    "Time to place a request's credit hold (one statement, batched)",
+    buckets=_LATENCY_BUCKETS,
+)
+SETTLEMENT_SECONDS = Histogram(
+    "tollgate_settlement_duration_seconds",
+    "Time from handing a settlement to the usage writer to its durable commit",
+    buckets=_LATENCY_BUCKETS,
+)
 
 UPSTREAM_DURATION = Histogram(
     "tollgate_upstream_duration_seconds",

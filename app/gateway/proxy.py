@@ -48,9 +48,15 @@ from app.errors import (
 )
 from app.gateway import audio
 from app.gateway import requests as rq
-from app.gateway.metrics import UpstreamFailure, observe_upstream
+from app.gateway.metrics import (
+    HOLD_SECONDS,
+    SETTLEMENT_SECONDS,
+    UpstreamFailure,
+    observe_upstream,
+)
+from app.gateway.observe import Observer, RequestTrail, end_stage
 from app.gateway.relay import DONE_EVENT, SseInspector
-from app.gateway.upstreams import CircuitBreaker, Router, Upstream
+from app.gateway.upstreams import CircuitBreaker, Router, Upstream, UpstreamCosts
 from app.gateway.usage import MeteredUsage, estimate_usage, usage_from_body, usage_from_stream
 from app.limits.service import RateLimiter
 from app.metering.schemas import RequestOutcome, Settlement, UsageEventRecord
@@ -135,6 +141,7 @@ class Call:
     request_id: str
     started: float  # time.monotonic() at arrival
     arrived: datetime  # the same instant on the wall clock: the time of its usage event
+    trail: RequestTrail  # what the metrics, the log line and the trace report of it
     upstream: str | None = None  # the upstream it was sent to
     reserved_tokens: int = 0
     limit_headers: dict[str, str] = field(default_factory=dict)
@@ -156,6 +163,8 @@ class Gateway:
         tiers: TierTable,
         writer: UsageWriter,
         breaker: CircuitBreaker | None = None,
+        observer: Observer | None = None,
+        upstream_costs: UpstreamCosts | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -167,10 +176,25 @@ class Gateway:
         self.tiers = tiers
         self.writer = writer
         self.breaker = breaker or CircuitBreaker()
+        self.upstream_costs = upstream_costs or UpstreamCosts()
+        self.observer = observer or Observer(json_logs=False, traces=False)
 
     async def handle(self, request: Request[Any, Any, Any], endpoint: str) -> ASGIApp:
-        started = time.monotonic()
+        trail = self.observer.begin(endpoint, request_id(request.scope), time.monotonic())
+        try:
+            app = await self._handle(request, endpoint, trail)
+        except BaseException as exc:
+            trail.status = exc.status_code if isinstance(exc, TollgateError) else 500
+            self.observer.finish(trail)
+            raise
+        return _observed(app, trail, self.observer)
+
+    async def _handle(
+        self, request: Request[Any, Any, Any], endpoint: str, trail: RequestTrail
+    ) -> ASGIApp:
+        started = trail.started
         principal = await self.authenticator.authenticate(request.headers.get("authorization"))
+        trail.account_id, trail.key_prefix = principal.account_id, principal.prefix
         raw = await _read_body(request)
         if endpoint == rq.TRANSCRIPTIONS:
             proxy_request = await _inspect_multipart(request)
@@ -180,6 +204,7 @@ class Gateway:
         # held or forwarded.
         arrived = datetime.now(UTC)
         resolved = self.catalog.resolve(proxy_request.model, arrived)
+        trail.model = resolved.name
         if not principal.allows(resolved.name, resolved.base, resolved.suffix is not None):
             raise ModelNotAllowed(
                 f"This API key may not use the model {resolved.name}.", param="model"
@@ -187,6 +212,8 @@ class Gateway:
         estimate = estimate_usage(proxy_request, resolved)
         hold_amount = price(resolved, estimate).total
         account_id = principal.account_id
+        span = self.observer.stage(trail, "credit hold", **{"tollgate.hold": str(hold_amount)})
+        hold_started = time.monotonic()
         hold = await self.holds.place(
             account_id,
             hold_amount,
@@ -194,6 +221,8 @@ class Gateway:
             api_key_id=principal.api_key_id,
             user=proxy_request.user,
         )
+        HOLD_SECONDS.observe(time.monotonic() - hold_started)
+        end_stage(span, **{"tollgate.hold.granted": hold.granted})
         tier = self.tiers.tier_for(hold.total_purchased, hold.total_usage)
         if not hold.granted:
             raise await self._refusal(account_id, hold, hold_amount, tier, proxy_request.user)
@@ -206,6 +235,7 @@ class Gateway:
             request_id(request.scope),
             started,
             arrived,
+            trail,
         )
         try:
             tokens = estimate.prompt_tokens + estimate.completion_tokens
@@ -240,10 +270,15 @@ class Gateway:
         last = len(attempts) - 1
         for index, attempt in enumerate(attempts):
             upstream = attempt.upstream
-            call.upstream = upstream.name
+            call.upstream = call.trail.upstream = upstream.name
             content = bodies.get(attempt.model)
             if content is None:
                 content = bodies[attempt.model] = self._upstream_body(call, raw, attempt.model)
+            span = self.observer.stage(
+                call.trail,
+                "upstream",
+                **{"gen_ai.provider.name": upstream.name, "gen_ai.request.model": attempt.model},
+            )
             started = time.monotonic()
             try:
                 # Returns once the status and headers are in; the body is read or relayed later.
@@ -253,6 +288,7 @@ class Gateway:
                     headers=[*headers, *_credentials(upstream)],
                 )
             except TimeoutError as exc:
+                end_stage(span, **{"error.type": "timeout"})
                 self._upstream_failed(upstream, started, UpstreamFailure.TIMEOUT)
                 if index < last:
                     continue
@@ -260,12 +296,14 @@ class Gateway:
                     f"The upstream for {resolved.name} did not answer in time."
                 ) from exc
             except aiohttp.ClientError as exc:
+                end_stage(span, **{"error.type": type(exc).__name__})
                 self._upstream_failed(upstream, started, UpstreamFailure.CONNECTION)
                 if index < last:
                     continue
                 raise UpstreamUnavailable(
                     f"The upstream for {resolved.name} could not be reached ({type(exc).__name__})."
                 ) from exc
+            end_stage(span, **{"http.response.status_code": response.status})
             if response.status == 429 or response.status >= 500:
                 self._upstream_failed(upstream, started, UpstreamFailure.status(response.status))
                 if index < last:
@@ -321,6 +359,7 @@ class Gateway:
         return headers
 
     async def _respond(self, call: Call, response: aiohttp.ClientResponse) -> ASGIApp:
+        call.trail.status = response.status
         call.response_headers = _relayed_headers(response.raw_headers, call.limit_headers)
         is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
         if response.status < 400 and is_sse:
@@ -470,10 +509,19 @@ class Gateway:
             event = self._event(call, usage, charge, outcome)
         if event is not None and event.cost > call.hold_amount:
             record_shortfall(call.request_id, call.hold_amount, event.cost, event.currency)
+        span = self.observer.stage(call.trail, "settlement")
+        settle_started = time.monotonic()
         try:
             await self.writer.settle(Settlement(account_id, call.hold_id, event))
         finally:
             self.holds.forget(call.hold_id)
+        SETTLEMENT_SECONDS.observe(time.monotonic() - settle_started)
+        end_stage(span)
+        if event is not None:
+            trail = call.trail
+            trail.prompt_tokens, trail.cached_tokens = event.prompt_tokens, event.cached_tokens
+            trail.completion_tokens = event.completion_tokens
+            trail.cost, trail.currency = event.cost, event.currency
         used = 0 if usage is None else usage.usage.prompt_tokens + usage.usage.completion_tokens
         await self.limiter.correct(account_id, call.reserved_tokens, used)
         return charge
@@ -495,6 +543,9 @@ class Gateway:
             request_id=call.request_id,
             upstream=call.upstream,
             duration_ms=round((time.monotonic() - call.started) * 1000),
+            upstream_cost=self.upstream_costs.cost(
+                call.upstream, call.resolved.name, call.arrived, usage.usage
+            ),
         )
 
 
@@ -613,6 +664,18 @@ def _with_receipt(body: bytes, charge: Charge) -> bytes:
     reported = document.get("usage")
     document["usage"] = {**(reported if isinstance(reported, dict) else {}), **receipt(charge)}
     return _encode(document)
+
+
+def _observed(app: ASGIApp, trail: RequestTrail, observer: Observer) -> ASGIApp:
+    """`app`, reporting the request once its response has ended."""
+
+    async def observed(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await app(scope, receive, send)
+        finally:
+            observer.finish(trail)
+
+    return observed
 
 
 def _plain_app(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> ASGIApp:

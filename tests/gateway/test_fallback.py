@@ -223,25 +223,30 @@ async def test_the_breaker_skips_a_dead_upstream_and_returns_to_it_once_it_answe
     tmp_path: Path,
 ) -> None:
     upstream.reset()
-    breaker = "\n[breaker]\nwindow = 4\nmin_attempts = 3\ncooldown_seconds = 0.5\n"
+    # A cool-down long enough that a loaded machine's few requests all fall inside it.
+    cooldown = 3.0
+    breaker = f"\n[breaker]\nwindow = 4\nmin_attempts = 3\ncooldown_seconds = {cooldown}\n"
     path = upstreams_file(
         tmp_path, {"flaky": failing.url, "good": upstream.url}, ["flaky", "good"], breaker
     )
     server = start(gateways, path)
     _, key = await new_account_with_key(admin, credit="10.00")
+    clock = asyncio.get_running_loop().time
     for _ in range(3):
         await chat(server, key, stream=False)
+    opened = clock()
     assert len(failing.requests) == 3  # three failures of three: the circuit opens
     for _ in range(5):
         await chat(server, key, stream=False)
     assert len(failing.requests) == 3, "skipped while open"
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(opened + cooldown + 0.1 - clock())
     await chat(server, key, stream=False)  # the probe, which fails: open again
+    opened = clock()
     assert len(failing.requests) == 4
     await chat(server, key, stream=False)
     assert len(failing.requests) == 4
     failing.forced = ""  # it recovers
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(opened + cooldown + 0.1 - clock())
     request_id = await chat(server, key, stream=False)  # the probe succeeds: closed
     assert (await generation(server, key, request_id))["upstream"] == "flaky"
     before = len(upstream.requests)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -20,9 +21,10 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *, log: Path | None = None) -> None:
         self.port = free_port()
         self.env = {**os.environ, **env}
+        self.log = log  # where its stdout and stderr go; else the test's
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -30,6 +32,7 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> GatewayProcess:
+        output = None if self.log is None else self.log.open("ab")
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -45,7 +48,11 @@ class GatewayProcess:
                 "warning",
             ],
             env=self.env,
+            stdout=output,
+            stderr=output,
         )
+        if output is not None:
+            output.close()  # the child has its own copy
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
