@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,7 +20,7 @@ from app.audit.service import CLI, Actor, AuditAction
 from app.config import Settings, load_settings
 from app.credits.schemas import CREDIT_KINDS, LedgerKind
 from app.db import migrate
-from app.db.embedded import start_embedded_postgres
+from app.db.embedded import start_embedded_postgres, stop_embedded_postgres
 from app.db.engine import create_engine, create_sessionmaker, unit_of_work
 from app.errors import TollgateError
 
@@ -32,7 +34,18 @@ def resolve_database_url(settings: Settings) -> str:
     when this process exits)."""
     if settings.database_url:
         return settings.database_url
+    _terminate_as_interrupt()
     return start_embedded_postgres(settings.data_dir)
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM raises KeyboardInterrupt, as SIGINT does, where it would otherwise end the process
+    at once: the atexit hook that stops the embedded server then runs for both (`serve` and
+    `demo` handle both signals themselves, with `app.server.Shutdown`)."""
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def prepared_database(settings: Settings) -> str:
@@ -87,14 +100,20 @@ def serve(host: str, port: int, workers: int) -> None:
         fail(
             "No upstream: set UPSTREAM_BASE_URL (and UPSTREAM_API_KEY) or TOLLGATE_UPSTREAMS_FILE."
         )
-    url = prepared_database(settings)
-    # Workers are separate processes: they find the database (embedded or not) here.
-    os.environ["DATABASE_URL"] = url
-    os.environ["TOLLGATE_HOST"] = host
-    os.environ["TOLLGATE_PORT"] = str(port)
-    from app.server import run_server
+    from app.server import Shutdown, run_server
 
-    run_server(host=host, port=port, workers=workers)
+    # SIGINT and SIGTERM alike: the server drains and stops, then the embedded database (if
+    # this process started it) stops; a second signal cuts the drain short.
+    with Shutdown() as shutdown:
+        try:
+            url = prepared_database(settings)
+            # Workers are separate processes: they find the database (embedded or not) here.
+            os.environ["DATABASE_URL"] = url
+            os.environ["TOLLGATE_HOST"] = host
+            os.environ["TOLLGATE_PORT"] = str(port)
+            run_server(host=host, port=port, workers=workers, shutdown=shutdown)
+        finally:
+            stop_embedded_postgres()
 
 
 @main.command(name="migrate")

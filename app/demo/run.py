@@ -7,7 +7,6 @@ port, the bundled rate tables, and a demo account with €10.00 of granted credi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import socket
@@ -28,12 +27,13 @@ from app.credits import service as credits
 from app.credits.limits import LimitPeriod, SpendLimit
 from app.credits.schemas import LedgerKind
 from app.db import migrate
-from app.db.embedded import start_embedded_postgres
+from app.db.embedded import start_embedded_postgres, stop_embedded_postgres
 from app.db.engine import create_engine, create_sessionmaker, unit_of_work
 from app.db.models import Operator
 from app.notifications import repository as notification_repository
 from app.notifications import service as notifications
 from app.notifications.schemas import CreateEndpoint
+from app.server import DRAIN_SECONDS, Server, Shutdown
 
 DEMO_CREDIT = "10.00"
 DEMO_KEY_LIMIT = SpendLimit(Decimal("5.00"), LimitPeriod.DAY, "UTC")
@@ -171,6 +171,18 @@ Press Ctrl+C to stop.
 
 
 def run_demo(*, port: int) -> None:
+    """Until SIGINT or SIGTERM (the same for both): then the gateway drains and stops, then the
+    echo upstream and the webhook sink, then the embedded PostgreSQL; a second signal stops the
+    servers at once, and the database still stops."""
+    with Shutdown() as shutdown:
+        try:
+            _run_demo(port, shutdown)
+        finally:
+            stop_embedded_postgres()
+    sys.stdout.flush()
+
+
+def _run_demo(port: int, shutdown: Shutdown) -> None:
     from app.demo.echo import create_echo_app
     from app.demo.sink import create_sink_app
     from app.main import create_app
@@ -189,6 +201,8 @@ def run_demo(*, port: int) -> None:
     )
     console_link = remembered.pop("console_link")
     marker.write_text(json.dumps(remembered))
+    if shutdown.requested:
+        return
 
     admin_token = base.admin_token or f"adm-{secrets.token_urlsafe(24)}"
     settings = load_settings(
@@ -202,14 +216,23 @@ def run_demo(*, port: int) -> None:
 
     async def serve() -> None:
         options = {"host": "127.0.0.1", "log_level": "warning", "lifespan": "on"}
-        echo = uvicorn.Server(uvicorn.Config(create_echo_app(), port=echo_port, **options))  # type: ignore[arg-type]
+        echo = Server(uvicorn.Config(create_echo_app(), port=echo_port, **options))  # type: ignore[arg-type]
         receiver = create_sink_app(remembered["webhook_secret"])
-        sink_server = uvicorn.Server(
+        sink_server = Server(
             uvicorn.Config(
                 receiver, port=sink_port, host="127.0.0.1", log_level="warning", lifespan="off"
             )
         )
-        app = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, **options))  # type: ignore[arg-type]
+        app = Server(
+            uvicorn.Config(
+                create_app(settings),
+                port=port,
+                timeout_graceful_shutdown=DRAIN_SECONDS,
+                **options,  # type: ignore[arg-type]
+            )
+        )
+        # The gateway stops first: its shutdown may still call the upstream or send webhooks.
+        shutdown.watch(app, echo, sink_server)
         echo_task = asyncio.create_task(echo.serve())
         sink_task = asyncio.create_task(sink_server.serve())
         app_task = asyncio.create_task(app.serve())
@@ -217,13 +240,12 @@ def run_demo(*, port: int) -> None:
             if app_task.done() or echo_task.done() or sink_task.done():
                 break
             await asyncio.sleep(0.05)
-        if app.started:
+        if app.started and not shutdown.requested:
             print(_banner(gateway, key, admin_token, account_id, sink, console_link), flush=True)
-        await app_task
-        echo.should_exit = sink_server.should_exit = True
-        await echo_task
-        await sink_task
+        try:
+            await app_task
+        finally:
+            echo.should_exit = sink_server.should_exit = True
+            await asyncio.gather(echo_task, sink_task, return_exceptions=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
-    sys.stdout.flush()
+    asyncio.run(serve())
