@@ -25,7 +25,7 @@ from litestar.params import FromPath
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 
-from app.dashboard.pages import billing, invoices, keys, signin, usage
+from app.dashboard.pages import billing, invoices, keys, notifications, signin, usage
 from app.dashboard.render import STATIC_DIR, page
 from app.dashboard.security import DashboardSecurity
 from app.dashboard.session import HOME, LOGIN, SignInRequired, provide_viewer
@@ -98,6 +98,8 @@ pages = Router(
         keys.create_key,
         keys.change_key,
         keys.revoke_key,
+        notifications.notifications_page,
+        notifications.save_notifications,
         unknown_page,
     ],
     middleware=[DashboardSecurity],

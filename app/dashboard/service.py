@@ -31,7 +31,10 @@ from app.dashboard import repository
 from app.dashboard.chart import Chart, daily_chart
 from app.db.models import Account, ApiKey
 from app.errors import InvalidRequest, NotFound, PermissionDenied
-from app.money import money_str
+from app.money import money_str, parse_money
+from app.notifications import service as notifications
+from app.notifications.schemas import EMAIL_SUBJECTS, DeliveryStatus, EventType
+from app.notifications.service import RecentEvent
 from app.payments import recharge
 from app.payments.config import BillingConfig
 from app.pricing import Catalog
@@ -594,3 +597,200 @@ async def save_auto_recharge(
         threshold=clean_amount(threshold) if threshold.strip() else None,
         amount=clean_amount(amount) if amount.strip() else None,
     )
+
+
+# ── notifications ───────────────────────────────────────────────────────────────────────────
+
+# The emails of SPEC 11 as the form offers them: a label and when each is sent.
+EMAIL_KINDS: dict[EventType, tuple[str, str]] = {
+    EventType.CREDIT_LOW: ("Low balance", "when available credit falls below your threshold"),
+    EventType.PAYMENT_SUCCEEDED: ("Payment receipt", "for each top-up"),
+    EventType.INVOICE_FINALIZED: ("Invoice issued", "each month, with the PDF attached"),
+    EventType.AUTO_RECHARGE_FAILED: ("Auto-recharge failed", "when a recharge is declined"),
+    EventType.KEY_LIMIT_REACHED: (
+        "Key limit reached",
+        "when an API key reaches its spend limit",
+    ),
+}
+EVENT_LABELS: dict[str, str] = {
+    EventType.CREDIT_LOW: "Low balance",
+    EventType.CREDIT_DEPLETED: "Credit ran out",
+    EventType.KEY_LIMIT_REACHED: "Key limit reached",
+    EventType.USER_LIMIT_REACHED: "End-user limit reached",
+    EventType.PAYMENT_SUCCEEDED: "Payment received",
+    EventType.PAYMENT_REFUNDED: "Payment refunded",
+    EventType.AUTO_RECHARGE_SUCCEEDED: "Auto-recharge",
+    EventType.AUTO_RECHARGE_FAILED: "Auto-recharge failed",
+    EventType.INVOICE_FINALIZED: "Invoice issued",
+    EventType.TIER_CHANGED: "Tier changed",
+    EventType.ACCOUNT_SUSPENDED: "Account suspended",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EmailKind:
+    type: EventType
+    label: str
+    when: str
+
+
+def email_kinds() -> list[EmailKind]:
+    """Every email a customer can turn off, in the notifications domain's order."""
+    return [
+        EmailKind(t, *EMAIL_KINDS.get(t, (EMAIL_SUBJECTS[t].split(" {")[0], "")))
+        for t in EMAIL_SUBJECTS
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationForm:
+    """The settings form, as typed or as the account has it."""
+
+    email: str = ""  # blank: no address, so no emails
+    threshold: str = ""  # blank: no low-balance notification
+    emails_on: frozenset[str] = frozenset(t.value for t in EMAIL_SUBJECTS)
+
+    @classmethod
+    def of_account(cls, account: Account) -> NotificationForm:
+        threshold = account.low_balance_threshold
+        return cls(
+            email=account.email or "",
+            threshold="" if threshold is None else money_str(threshold),
+            emails_on=frozenset(t.value for t in EMAIL_SUBJECTS if t not in account.emails_off),
+        )
+
+
+def parse_threshold(text: str) -> Decimal | None:
+    """The low-balance threshold as typed (`€5`, ` 5.00 `); blank for none. What the ledger's
+    columns hold exactly, like the admin API's `low_balance_threshold`."""
+    cleaned = clean_amount(text)
+    if not cleaned:
+        return None
+    try:
+        return parse_money(cleaned, field="The low-balance threshold")
+    except ValueError as exc:
+        message = str(exc)
+        if "decimal string" in message:
+            message = (
+                f"The low-balance threshold must be an amount such as 10.00, not {text[:40]!r}."
+            )
+        raise InvalidRequest(message.rstrip(".") + ".", param="low_balance_threshold") from exc
+
+
+async def save_notifications(db: AsyncSession, account: Account, form: NotificationForm) -> None:
+    """The form to `notifications.save_settings`; `account` must be locked."""
+    email = form.email.strip()
+    await notifications.save_settings(
+        db,
+        account,
+        email=email or None,
+        low_balance_threshold=parse_threshold(form.threshold),
+        emails_on={t for t in EMAIL_SUBJECTS if t.value in form.emails_on},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRow:
+    type: str
+    label: str
+    time: datetime
+    summary: str
+    link: str | None  # the page the event is about (an invoice)
+    email: str  # what became of its email, in a few words
+    email_state: str  # "ok", "pending", "failed" or "none", for the page's styling
+
+
+def _amount(data: dict[str, Any], key: str, currency: str) -> str:
+    try:
+        return fmt.money(Decimal(str(data[key])), str(data.get("currency") or currency))
+    except (KeyError, ArithmeticError, ValueError):
+        return "—"
+
+
+def _limit_words(data: dict[str, Any]) -> str:
+    try:
+        return LIMIT_WORDS[LimitPeriod(str(data.get("period")))][0]
+    except ValueError:
+        return ""
+
+
+def event_summary(
+    type_: str, data: dict[str, Any], currency: str, key_prefixes: dict[str, str]
+) -> str:
+    """One line saying what happened, from the event's webhook data (SPEC 11)."""
+
+    def money(key: str) -> str:
+        return _amount(data, key, currency)
+
+    match type_:
+        case EventType.CREDIT_LOW:
+            return f"Available credit {money('available')} fell below {money('threshold')}."
+        case EventType.CREDIT_DEPLETED:
+            return f"A request was refused for lack of credit ({money('available')} available)."
+        case EventType.KEY_LIMIT_REACHED:
+            prefix = key_prefixes.get(str(data.get("api_key_id")))
+            key = f"Key {prefix}…" if prefix else "An API key"
+            return (
+                f"{key} reached its limit of {money('limit')} {_limit_words(data)}".rstrip() + "."
+            )
+        case EventType.USER_LIMIT_REACHED:
+            return (
+                f"End user {str(data.get('user', ''))[:80]!r} reached the limit of "
+                f"{money('limit')} {_limit_words(data)}".rstrip()
+                + "."
+            )
+        case EventType.PAYMENT_SUCCEEDED:
+            return f"{money('amount')} added to your credit."
+        case EventType.PAYMENT_REFUNDED:
+            return f"{money('amount')} refunded."
+        case EventType.AUTO_RECHARGE_SUCCEEDED:
+            return f"Auto-recharge added {money('amount')}."
+        case EventType.AUTO_RECHARGE_FAILED:
+            reason = str(data.get("reason") or "").strip()
+            return f"Charging {money('amount')} failed" + (f": {reason}" if reason else ".")
+        case EventType.INVOICE_FINALIZED:
+            return f"Invoice {data.get('number', '')}: {money('amount_due')} due."
+        case EventType.TIER_CHANGED:
+            return f"From {data.get('from', '?')} to {data.get('to', '?')}."
+        case EventType.ACCOUNT_SUSPENDED:
+            reason = str(data.get("reason") or "").strip()
+            return "Requests are refused" + (f": {reason}" if reason else ".")
+    return ""
+
+
+def email_outcome(event: RecentEvent) -> tuple[str, str]:
+    """What became of an event's email, and its state for styling."""
+    delivery = event.email
+    if delivery is None:
+        if event.type not in EMAIL_SUBJECTS:
+            return "No email for this kind", "none"
+        return ("Queued", "pending") if not event.dispatched else ("Not emailed", "none")
+    if delivery.status == DeliveryStatus.SUCCEEDED:
+        return f"Sent to {delivery.email_to}", "ok"
+    if delivery.status == DeliveryStatus.FAILED:
+        return f"Failed to reach {delivery.email_to}", "failed"
+    return ("Retrying" if delivery.last_error else "Sending"), "pending"
+
+
+async def notification_rows(db: AsyncSession, account: Account) -> list[NotificationRow]:
+    """The account's recent notifications, newest first."""
+    events = await notifications.recent(db, account.id)
+    prefixes: dict[str, str] = {}
+    if any(e.type == EventType.KEY_LIMIT_REACHED for e in events):
+        prefixes = {str(k.id): k.prefix for k in await key_repository.list_keys(db, account.id)}
+    rows = []
+    for e in events:
+        email, state = email_outcome(e)
+        invoice = e.data.get("invoice_id") if e.type == EventType.INVOICE_FINALIZED else None
+        rows.append(
+            NotificationRow(
+                type=e.type,
+                label=EVENT_LABELS.get(e.type, e.type),
+                time=e.time,
+                summary=event_summary(e.type, e.data, account.currency, prefixes),
+                link=f"/dashboard/invoices/{invoice}" if invoice else None,
+                email=email,
+                email_state=state,
+            )
+        )
+    return rows

@@ -21,7 +21,7 @@ from app.db.models import (
     NotificationEvent,
     WebhookEndpoint,
 )
-from app.notifications.schemas import DeliveryStatus
+from app.notifications.schemas import Channel, DeliveryStatus
 
 # A webhook-id: "msg_" and 32 hex digits, drawn by Postgres inside other statements.
 MESSAGE_ID_SQL = "'msg_' || replace(CAST(gen_random_uuid() AS text), '-', '')"
@@ -304,3 +304,19 @@ async def recent_events(
             .limit(limit)
         )
     ).all()
+
+
+async def email_deliveries(
+    session: AsyncSession, account_id: uuid.UUID, event_ids: Sequence[str]
+) -> dict[str, NotificationDelivery]:
+    """The email of each of these events that got one, by event id."""
+    if not event_ids:
+        return {}
+    deliveries = await session.scalars(
+        select(NotificationDelivery).where(
+            NotificationDelivery.account_id == account_id,
+            NotificationDelivery.event_id.in_(list(event_ids)),
+            NotificationDelivery.channel == Channel.EMAIL.value,
+        )
+    )
+    return {d.event_id: d for d in deliveries}

@@ -5,8 +5,10 @@ change does."""
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -26,6 +28,8 @@ from app.notifications import repository
 from app.notifications.schemas import EMAIL_SUBJECTS, CreateEndpoint, EventType
 
 MAX_DELIVERIES_LISTED = 200
+# One address, nothing that could break a mail header: no spaces or control characters.
+_EMAIL = re.compile(r"[^\s@\x00-\x1f\x7f]+@[^\s@\x00-\x1f\x7f]+")
 
 
 async def emit(
@@ -163,7 +167,7 @@ async def save_settings(
 ) -> None:
     """The customer's address, low-balance threshold and the emails they want (each of
     `EMAIL_SUBJECTS` is on unless turned off). `account` must be locked."""
-    if email is not None and ("@" not in email or "\x00" in email or len(email) > 320):
+    if email is not None and (len(email) > 320 or not _EMAIL.fullmatch(email)):
         raise InvalidRequest("That doesn't look like an email address.", param="email")
     if low_balance_threshold is not None and low_balance_threshold < 0:
         raise InvalidRequest("The threshold must not be negative.", param="low_balance_threshold")
@@ -175,9 +179,33 @@ async def save_settings(
     await session.flush()
 
 
-async def recent(session: AsyncSession, account_id: uuid.UUID, limit: int = 20) -> list[Any]:
-    """The account's newest events (type, time, data), for the dashboard to list."""
+@dataclass(frozen=True, slots=True)
+class RecentEvent:
+    """An event as the dashboard lists it, with its email if it got one."""
+
+    id: str
+    type: str
+    time: datetime
+    data: dict[str, Any]
+    dispatched: bool  # fanned out into deliveries (until then no email exists yet)
+    email: NotificationDelivery | None
+
+
+async def recent(
+    session: AsyncSession, account_id: uuid.UUID, limit: int = 20
+) -> list[RecentEvent]:
+    """The account's newest events, newest first, each with its email delivery. Webhook
+    deliveries are left out: the endpoints are the operator's, not the customer's."""
+    events = await repository.recent_events(session, account_id, limit)
+    emails = await repository.email_deliveries(session, account_id, [e.id for e in events])
     return [
-        {"id": e.id, "type": e.type, "time": e.created_at, "data": e.data}
-        for e in await repository.recent_events(session, account_id, limit)
+        RecentEvent(
+            id=e.id,
+            type=e.type,
+            time=e.created_at,
+            data=dict(e.data),
+            dispatched=e.dispatched_at is not None,
+            email=emails.get(e.id),
+        )
+        for e in events
     ]

@@ -4,26 +4,33 @@
 
 Starts a gateway on a fresh database (TEST_DATABASE_URL, DATABASE_URL or the embedded server),
 seeds a month of usage for a demo account, signs in through the real sign-in form in headless
-Chromium (/usr/bin/chromium) and writes `dashboard-overview.png`, `dashboard-usage.png` and
-`dashboard-keys.png` (a few keys with their limits, one of them partly spent).
+Chromium (/usr/bin/chromium) and writes `dashboard-overview.png`, `dashboard-usage.png`,
+`dashboard-keys.png` (a few keys with their limits, one of them partly spent) and
+`dashboard-notifications.png` (the settings saved through the form, and a low-balance crossing
+emailed to a local SMTP server).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import re
+import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
-from playwright.async_api import async_playwright
+from playwright.async_api import Page, async_playwright
 
 from app.db import migrate
 from tests.conftest import ADMIN_TOKEN, new_account_with_key
 from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS, sign_in, start_dashboard
 from tests.dashboard.seed import ingest, usage_events
 from tests.support import database
+from tests.support.receivers import MailSink
 
 VIEWPORT = {"width": 1280, "height": 900}
 
@@ -32,7 +39,8 @@ async def take(out: Path) -> list[Path]:
     server, _ = await database.server_url()
     url = await database.create_database(server)
     await asyncio.to_thread(migrate.upgrade, url)
-    dashboard = start_dashboard(url)
+    sink = MailSink().start()
+    dashboard = start_dashboard(url, TOLLGATE_SMTP_URL=sink.url, TOLLGATE_NOTIFICATIONS=True)
     written: list[Path] = []
     try:
         async with httpx.AsyncClient(
@@ -41,6 +49,7 @@ async def take(out: Path) -> list[Path]:
             account, key = await new_account_with_key(admin, "Acme Robotics", credit="150.00")
             now = datetime.now(UTC)
             await ingest(admin, usage_events(account["id"], now))
+            await seed_notifications(admin, account["id"])
             await seed_keys(admin, account["id"], now)
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(
@@ -55,11 +64,14 @@ async def take(out: Path) -> list[Path]:
                 ("overview", "/dashboard"),
                 ("usage", "/dashboard/usage"),
                 ("keys", "/dashboard/keys"),
+                ("notifications", "/dashboard/notifications"),
             ):
                 await page.goto(path)
                 if name == "keys":  # one key's change form open, as a click opens it
                     await page.locator("tbody.key:has-text('ci runner') summary").click()
                     await page.mouse.move(0, 0)
+                if name == "notifications":
+                    await save_notifications(page)
                 target = out / f"dashboard-{name}.png"
                 await page.screenshot(path=str(target), full_page=name != "usage")
                 written.append(target)
@@ -68,6 +80,7 @@ async def take(out: Path) -> list[Path]:
         dashboard.server.stop()
         dashboard.upstream.stop()
         dashboard.stripe.stop()
+        sink.stop()
         await database.drop_database(server, url)
     return written
 
@@ -109,6 +122,33 @@ async def seed_keys(admin: httpx.AsyncClient, account_id: str, now: datetime) ->
             "completion_tokens": completion,
         }
         await ingest(admin, [event])
+
+
+async def seed_notifications(admin: httpx.AsyncClient, account_id: str) -> None:
+    """An address, and a low-balance threshold just above the credit left, so that the keys'
+    usage crosses it."""
+    account = (await admin.get(f"/admin/accounts/{account_id}")).json()
+    threshold = math.ceil((Decimal(account["available"]) + 1) / 10) * 10
+    patched = await admin.patch(
+        f"/admin/accounts/{account_id}",
+        json={"email": "billing@acme-robotics.test", "low_balance_threshold": f"{threshold}.00"},
+    )
+    assert patched.status_code == 200, patched.text
+
+
+async def save_notifications(page: Page) -> None:
+    """Once the outbox worker has sent what it sends, untick the payment receipts and save, as
+    a customer would."""
+    deadline = time.monotonic() + 15
+    while re.search(r'email-state pending"', await page.content()):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the low-balance email was not sent within 15 s")
+        await asyncio.sleep(0.5)
+        await page.reload()
+    await page.get_by_role("checkbox", name="Payment receipt").uncheck()
+    await page.get_by_role("button", name="Save").click()
+    await page.wait_for_url("**/dashboard/notifications")
+    await page.mouse.move(0, 0)
 
 
 def main() -> None:
