@@ -213,6 +213,9 @@ class UsageEvent(Base):
     request_id: Mapped[str | None] = mapped_column(Text)
     upstream: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
+    # What the operator paid the upstream for it, from the upstream's cost tables (SPEC 13);
+    # NULL when unknown: no tables for that upstream or model, or an ingested event.
+    upstream_cost: Mapped[Decimal | None] = mapped_column(Numeric(38, 12))
     ingested_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
@@ -249,6 +252,11 @@ class UsageRollup(Base):
     search_requests: Mapped[int] = mapped_column(BigInteger)
     audio_seconds: Mapped[Decimal] = mapped_column(Numeric(24, 3))
     cost: Mapped[Money]
+    # Over the bucket's events whose upstream cost is known (the others count in none of the
+    # three): how many, the sum of their upstream costs, and of their cost minus it.
+    costed_requests: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    upstream_cost: Mapped[Money] = mapped_column(server_default=text("0"))
+    margin: Mapped[Money] = mapped_column(server_default=text("0"))
 
 
 class JobState(Base):

@@ -3,9 +3,12 @@ of named upstreams and per-model routes (TOLLGATE_UPSTREAMS_FILE):
 
     default = "camocopy"                      # optional; else UPSTREAM_BASE_URL
 
+    default_costs = "costs/default"           # optional: cost tables of UPSTREAM_BASE_URL
+
     [upstreams.camocopy]
     base_url = "https://api-v1.camocopy.com/v1"
     api_key_env = "CAMOCOPY_API_KEY"          # or api_key = "…"
+    costs = "costs/camocopy"                  # optional: what the operator pays it
 
     [routes]
     "llama-3.3-70b" = { upstream = "camocopy", model = "llama-3-3-70b" }
@@ -21,6 +24,13 @@ Routes are matched on the catalog name (suffix included first, then the base mod
 `model` replaces the model name sent upstream, keeping any `-online`/`-deep` suffix. A list
 (also for `default`) is a fallback order (SPEC 13): the next entry is tried when one fails
 before its response started.
+
+An upstream's `costs` (and `default_costs`, for UPSTREAM_BASE_URL's `default`) names a folder,
+relative to this file, of rate tables in exactly the format of `pricing/` and in the catalog's
+currency: what the operator pays that upstream (SPEC 13). Each usage event it serves stores its
+`upstream_cost`, priced with the version in force at the request's arrival under the catalog's
+model name (suffix included: a suffixed model needs that suffix in the cost table too); an
+upstream without tables, or a model or usage its tables do not price, leaves it unknown (NULL).
 """
 
 from __future__ import annotations
@@ -29,11 +39,16 @@ import os
 import time
 import tomllib
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from app.config import Settings
+from app.errors import InvalidRequest, ModelNotFound
+from app.pricing import Catalog, PricingConfigError, Usage, load_catalog, price
 
 
 class UpstreamConfigError(ValueError):
@@ -243,3 +258,61 @@ def _upstream(path: Path, name: str, spec: object) -> Upstream:
     if api_key is None and isinstance(spec.get("api_key_env"), str):
         api_key = os.environ.get(spec["api_key_env"])
     return Upstream(name, spec["base_url"].rstrip("/"), api_key)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCosts:
+    """What the operator pays each upstream: its name → its cost tables (a `Catalog`)."""
+
+    tables: Mapping[str, Catalog] = field(default_factory=dict)
+
+    def cost(self, upstream: str | None, model: str, at: datetime, usage: Usage) -> Decimal | None:
+        """The exact cost of `usage` of catalog model `model` at `upstream` at time `at`; None
+        when the upstream has no cost tables or they do not price this model and usage then.
+        Never raises for a priced request: it runs in the settlement."""
+        catalog = self.tables.get(upstream) if upstream is not None else None
+        if catalog is None:
+            return None
+        try:
+            return price(catalog.resolve(model, at), usage).total
+        except (ModelNotFound, InvalidRequest):
+            return None
+
+
+def load_upstream_costs(settings: Settings, currency: str) -> UpstreamCosts:
+    """The cost tables named in TOLLGATE_UPSTREAMS_FILE, validated as rate tables and required
+    to be in `currency` (the catalog's: a margin subtracts one from the other, and no exchange
+    rate is guessed)."""
+    path = settings.upstreams_file
+    if path is None:
+        return UpstreamCosts()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UpstreamConfigError(f"{path}: {exc}") from exc
+    named: dict[str, tuple[str, object]] = {}  # upstream → (its key in the file, the folder)
+    if "default_costs" in raw:
+        named["default"] = ("default_costs", raw["default_costs"])
+    for name, spec in raw.get("upstreams", {}).items():
+        if isinstance(spec, dict) and "costs" in spec:
+            if name in named:
+                raise UpstreamConfigError(
+                    f"{path}: upstreams.{name}.costs: `default_costs` already prices {name}"
+                )
+            named[name] = (f"upstreams.{name}.costs", spec["costs"])
+    tables: dict[str, Catalog] = {}
+    for name, (key, folder) in named.items():
+        if not isinstance(folder, str) or not folder.strip():
+            raise UpstreamConfigError(f"{path}: {key}: expected the name of a folder")
+        directory = path.parent / folder
+        try:
+            catalog = load_catalog(directory)
+        except PricingConfigError as exc:
+            raise UpstreamConfigError(f"{path}: {key}: {exc}") from exc
+        if catalog.currency != currency:
+            raise UpstreamConfigError(
+                f"{path}: {key}: the cost tables in {directory} are in {catalog.currency}, the "
+                f"rate tables in {currency}; upstream costs must be in the rate tables' currency"
+            )
+        tables[name] = catalog
+    return UpstreamCosts(tables)

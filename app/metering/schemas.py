@@ -64,6 +64,9 @@ class UsageEventRecord(msgspec.Struct, frozen=True, gc=False, array_like=True):
     request_id: str | None = None  # a proxied request's x-request-id
     upstream: str | None = None  # the upstream that served it
     duration_ms: int | None = None  # from its arrival to its settlement
+    # What the operator paid the upstream for it (its cost tables); None: not known (no
+    # tables for that upstream or model, or an ingested event).
+    upstream_cost: Decimal | None = None
 
     @property
     def month(self) -> date:
@@ -95,6 +98,7 @@ _COLUMN_TYPES = {
     "request_id": "text",
     "upstream": "text",
     "duration_ms": "integer",
+    "upstream_cost": "numeric",
 }
 # The stored columns in the record's field order (a field without a type fails at import).
 EVENT_COLUMNS = tuple((name, _COLUMN_TYPES[name]) for name in UsageEventRecord.__struct_fields__)

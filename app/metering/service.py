@@ -27,6 +27,7 @@ def usage_event(
     request_id: str | None = None,
     upstream: str | None = None,
     duration_ms: int | None = None,
+    upstream_cost: Decimal | None = None,
 ) -> UsageEventRecord:
     """The event of `usage` charged `charge` (priced from `resolved`). Only a suffixed model
     (`-online`, `-deep`) searches: its fee is charged per request of the usage."""
@@ -53,4 +54,5 @@ def usage_event(
         request_id=request_id,
         upstream=upstream,
         duration_ms=duration_ms,
+        upstream_cost=upstream_cost,
     )

@@ -57,11 +57,15 @@ _FILTERS: Mapping[str, tuple[str, str]] = {
     ),
 }
 
+# An event without a known upstream cost counts in none of the last three (see UsageRow).
 _EVENT_MEASURES = (
-    "1 AS requests, e.prompt_tokens, e.completion_tokens, e.images, e.search_requests, e.cost"
+    "1 AS requests, e.prompt_tokens, e.completion_tokens, e.images, e.search_requests, e.cost, "
+    "CAST(e.upstream_cost IS NOT NULL AS integer) AS costed_requests, e.upstream_cost, "
+    "e.cost - e.upstream_cost AS margin"
 )
 _ROLLUP_MEASURES = (
-    "r.requests, r.prompt_tokens, r.completion_tokens, r.images, r.search_requests, r.cost"
+    "r.requests, r.prompt_tokens, r.completion_tokens, r.images, r.search_requests, r.cost, "
+    "r.costed_requests, r.upstream_cost, r.margin"
 )
 
 
@@ -95,6 +99,12 @@ class UsageRow:
     images: int
     search_requests: int
     cost: Decimal
+    # Over the requests whose upstream cost is known (`costed_requests` of `requests`): the sum
+    # of their upstream costs, and of their cost minus it. What the operator pays, never shown
+    # to a customer.
+    costed_requests: int = 0
+    upstream_cost: Decimal = Decimal(0)
+    margin: Decimal = Decimal(0)
 
 
 CUSTOM_PLANS_SQL = text("SET LOCAL plan_cache_mode = force_custom_plan")
@@ -151,7 +161,10 @@ def _usage_sql(group_by: tuple[str, ...], filters: tuple[str, ...], by_account: 
                sum(completion_tokens)::bigint AS output_tokens,
                sum(images)::bigint AS images,
                sum(search_requests)::bigint AS search_requests,
-               sum(cost) AS cost
+               sum(cost) AS cost,
+               sum(costed_requests)::bigint AS costed_requests,
+               coalesce(sum(upstream_cost), 0) AS upstream_cost,
+               coalesce(sum(margin), 0) AS margin
         FROM picked
         GROUP BY 1, {groups}currency
         """
@@ -197,6 +210,9 @@ async def usage_rows(session: AsyncSession, selection: UsageSelection) -> list[U
             images=row.images,
             search_requests=row.search_requests,
             cost=row.cost,
+            costed_requests=row.costed_requests,
+            upstream_cost=row.upstream_cost,
+            margin=row.margin,
         )
         for row in await session.execute(statement, params)
     ]
@@ -215,7 +231,7 @@ FOLD_SQL = text(
                coalesce(substring(sha256(convert_to("user", 'UTF8')) FROM 1 FOR 16), '')
                    AS user_key,
                currency, "user", prompt_tokens, cached_tokens, completion_tokens, images,
-               search_requests, audio_seconds, cost
+               search_requests, audio_seconds, cost, upstream_cost
         FROM usage_events
         WHERE ingested_at >= coalesce(CAST(:since AS timestamptz), '-infinity')
           AND ingested_at < :until
@@ -232,14 +248,17 @@ FOLD_SQL = text(
                sum(f.images) AS images,
                sum(f.search_requests) AS search_requests,
                sum(f.audio_seconds) AS audio_seconds,
-               sum(f.cost) AS cost
+               sum(f.cost) AS cost,
+               count(f.upstream_cost) AS costed_requests,
+               coalesce(sum(f.upstream_cost), 0) AS upstream_cost,
+               coalesce(sum(f.cost - f.upstream_cost), 0) AS margin
         FROM fresh f CROSS JOIN (VALUES (15), (60)) AS w(minutes)
         GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
     ), folded AS (
         INSERT INTO usage_rollups AS r (
             account_id, bucket_minutes, bucket, model, endpoint, api_key_id, user_key, currency,
             "user", requests, prompt_tokens, cached_tokens, completion_tokens, images,
-            search_requests, audio_seconds, cost
+            search_requests, audio_seconds, cost, costed_requests, upstream_cost, margin
         )
         SELECT * FROM delta
         ON CONFLICT (
@@ -253,7 +272,10 @@ FOLD_SQL = text(
             images = r.images + excluded.images,
             search_requests = r.search_requests + excluded.search_requests,
             audio_seconds = r.audio_seconds + excluded.audio_seconds,
-            cost = r.cost + excluded.cost
+            cost = r.cost + excluded.cost,
+            costed_requests = r.costed_requests + excluded.costed_requests,
+            upstream_cost = r.upstream_cost + excluded.upstream_cost,
+            margin = r.margin + excluded.margin
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM folded) AS buckets,

@@ -39,7 +39,7 @@ async def admin_usage_completions(
     query = parse_usage_query(
         await request.body(), fields=ADMIN_GROUP_FIELDS, now=datetime.now(UTC)
     )
-    return await service.usage_report(db, query, catalog=catalog, account_id=None)
+    return await service.usage_report(db, query, catalog=catalog, account_id=None, with_margin=True)
 
 
 usage_routes = [usage_completions, admin_usage_completions]

@@ -1,4 +1,6 @@
 """The usage query (SPEC 3.3): usage per window and group, equal to the raw usage events exactly.
+The admin variant also reports what the operator paid the upstreams and kept (`with_margin`),
+and `usage_by_day` gives the console revenue, upstream cost and margin by model and day.
 
 The part of the range made of whole buckets that each lie within one window is read from
 rollups (hourly buckets where the windows allow, 15-minute ones elsewhere) plus the events
@@ -9,7 +11,8 @@ commits.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -31,9 +34,12 @@ async def usage_report(
     *,
     catalog: Catalog,
     account_id: uuid.UUID | None,
+    with_margin: bool = False,
 ) -> dict[str, Any]:
     """The response of `POST /v1/usage/completions` for one account, or of the admin query
-    across accounts when `account_id` is None."""
+    across accounts when `account_id` is None. `with_margin` (the admin query's only: a
+    customer never sees what the operator pays) adds to each row `upstream_cost` and `margin`
+    over its `costed_requests`, the requests whose upstream cost is known (null when none)."""
     (rollup_start, rollup_end), (hour_start, hour_end) = rollup_spans(
         query.start, query.end, query.bounds
     )
@@ -56,7 +62,7 @@ async def usage_report(
     rows.sort(key=_order)
     fixed_user = _fixed_user_id(query, account_id)
     return {
-        "data": [_row_view(row, query, fixed_user) for row in rows],
+        "data": [_row_view(row, query, fixed_user, with_margin) for row in rows],
         "start_time": format_instant(query.start),
         "end_time": format_instant(query.end),
         "window_size": query.window_size.value,
@@ -96,10 +102,12 @@ def _fixed_user_id(query: UsageQuery, account_id: uuid.UUID | None) -> str | Non
     return str(wanted[0]) if len(wanted) == 1 and wanted[0] is not None else None
 
 
-def _row_view(row: UsageRow, query: UsageQuery, fixed_user: str | None) -> dict[str, Any]:
+def _row_view(
+    row: UsageRow, query: UsageQuery, fixed_user: str | None, with_margin: bool
+) -> dict[str, Any]:
     group = {field: _json(value) for field, value in zip(query.group_by, row.group, strict=True)}
     user_id = group.get("user_id", fixed_user)
-    return {
+    view: dict[str, Any] = {
         "groupBy": group,
         "user_id": user_id,
         "input_token": row.input_tokens,
@@ -112,6 +120,12 @@ def _row_view(row: UsageRow, query: UsageQuery, fixed_user: str | None) -> dict[
         "windowStart": format_instant(query.bounds[row.window]),
         "windowEnd": format_instant(query.bounds[row.window + 1]),
     }
+    if with_margin:
+        known = row.costed_requests > 0
+        view["costed_requests"] = row.costed_requests
+        view["upstream_cost"] = money_str(row.upstream_cost) if known else None
+        view["margin"] = money_str(row.margin) if known else None
+    return view
 
 
 def _json(value: Any) -> str | None:
@@ -188,3 +202,77 @@ async def cost_per_day(
         day = starts[row.window].date()
         per_day[day] = per_day.get(day, Decimal(0)) + row.cost
     return per_day
+
+
+@dataclass(frozen=True, slots=True)
+class DayUsage:
+    """One UTC day's usage of one group, in one currency, across accounts: what customers were
+    charged (`revenue`) and, over the `costed_requests` whose upstream cost is known, what the
+    operator paid the upstreams (`upstream_cost`) and kept (`margin` = their revenue − their
+    upstream cost). Requests without a known cost count in revenue only."""
+
+    day: date
+    group: tuple[Any, ...]  # values of the group-by fields, in order
+    currency: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    images: int
+    search_requests: int
+    revenue: Decimal
+    costed_requests: int
+    upstream_cost: Decimal
+    margin: Decimal
+
+
+async def usage_by_day(
+    session: AsyncSession,
+    first: date,
+    last: date,
+    *,
+    group_by: tuple[str, ...] = ("model",),
+    filters: Mapping[str, tuple[FilterValue, ...]] | None = None,
+) -> list[DayUsage]:
+    """Usage across accounts per UTC day from `first` to `last` (included), by model unless
+    `group_by` says otherwise (fields of the admin usage query; `filters` as stored, e.g. model
+    names made canonical). The same numbers as `POST /admin/usage/completions` with DAY windows
+    in UTC, in no particular order."""
+    starts = [
+        datetime(d.year, d.month, d.day, tzinfo=UTC)
+        for d in (first + timedelta(days=i) for i in range((last - first).days + 1))
+    ]
+    stop = starts[-1] + timedelta(days=1)
+    bounds = [*starts, stop]
+    (rollup_start, rollup_end), (hour_start, hour_end) = rollup_spans(starts[0], stop, bounds)
+    rows = await repository.usage_rows(
+        session,
+        UsageSelection(
+            start=starts[0],
+            end=stop,
+            rollup_start=rollup_start,
+            rollup_end=rollup_end,
+            hour_start=hour_start,
+            hour_end=hour_end,
+            window_starts=starts,
+            group_by=group_by,
+            filters=dict(filters or {}),
+            account_id=None,
+        ),
+    )
+    return [
+        DayUsage(
+            day=starts[row.window].date(),
+            group=row.group,
+            currency=row.currency,
+            requests=row.requests,
+            input_tokens=row.input_tokens,
+            output_tokens=row.output_tokens,
+            images=row.images,
+            search_requests=row.search_requests,
+            revenue=row.cost,
+            costed_requests=row.costed_requests,
+            upstream_cost=row.upstream_cost,
+            margin=row.margin,
+        )
+        for row in rows
+    ]

@@ -34,6 +34,9 @@ CSV_HEADER = [
     "search_requests",
     "cost",
     "currency",
+    "upstream_cost",
+    "margin",
+    "costed_requests",
 ]
 
 

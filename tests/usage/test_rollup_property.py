@@ -56,6 +56,7 @@ class Event:
     images: int
     search_requests: int
     cost: Decimal
+    upstream_cost: Decimal | None  # None: not known
 
 
 def events_in(origin: datetime, span: int, max_size: int) -> st.SearchStrategy[list[Event]]:
@@ -74,6 +75,8 @@ def events_in(origin: datetime, span: int, max_size: int) -> st.SearchStrategy[l
             images=st.integers(0, 3),
             search_requests=st.integers(0, 2),
             cost=st.integers(0, 10**10).map(lambda pico: Decimal(pico).scaleb(-12)),
+            upstream_cost=st.none()
+            | st.integers(0, 10**10).map(lambda pico: Decimal(pico).scaleb(-12)),
         ),
         max_size=max_size,
     )
@@ -140,11 +143,17 @@ def _value(event: Event, account_id: uuid.UUID, field: str) -> Any:
 
 
 def expected(
-    query: UsageQuery, body: dict[str, Any], events: list[tuple[uuid.UUID, Event]], fixed: Any
+    query: UsageQuery,
+    body: dict[str, Any],
+    events: list[tuple[uuid.UUID, Event]],
+    fixed: Any,
+    with_margin: bool = False,
 ) -> list[dict[str, Any]]:
     """The query computed from the events alone: filter, bisect into windows, sum."""
     filters = body["filter_group_by"]
-    sums: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0, 0, 0, 0, Decimal(0)])
+    sums: dict[tuple[Any, ...], list[Any]] = defaultdict(
+        lambda: [0, 0, 0, 0, 0, Decimal(0), 0, Decimal(0), Decimal(0)]
+    )
     for account_id, event in events:
         if not query.start <= event.time < query.end:
             continue
@@ -164,27 +173,34 @@ def expected(
             )
         ):
             total[i] += amount
+        if event.upstream_cost is not None:
+            total[6] += 1
+            total[7] += event.upstream_cost
+            total[8] += event.cost - event.upstream_cost
     rows = []
     for (window, group), total in sorted(
         sums.items(),
         key=lambda item: (item[0][0], tuple((v is not None, v or "") for v in item[0][1])),
     ):
         by = dict(zip(query.group_by, group, strict=True))
-        rows.append(
-            {
-                "groupBy": by,
-                "user_id": by.get("user_id", fixed),
-                "input_token": total[1],
-                "output_token": total[2],
-                "requests": total[0],
-                "images": total[3],
-                "search_requests": total[4],
-                "cost": total[5],
-                "currency": "EUR",
-                "windowStart": format_instant(query.bounds[window]),
-                "windowEnd": format_instant(query.bounds[window + 1]),
-            }
-        )
+        row = {
+            "groupBy": by,
+            "user_id": by.get("user_id", fixed),
+            "input_token": total[1],
+            "output_token": total[2],
+            "requests": total[0],
+            "images": total[3],
+            "search_requests": total[4],
+            "cost": total[5],
+            "currency": "EUR",
+            "windowStart": format_instant(query.bounds[window]),
+            "windowEnd": format_instant(query.bounds[window + 1]),
+        }
+        if with_margin:
+            row["costed_requests"] = total[6]
+            row["upstream_cost"] = total[7] if total[6] else None
+            row["margin"] = total[8] if total[6] else None
+        rows.append(row)
     return rows
 
 
@@ -209,6 +225,7 @@ def _record(account_id: uuid.UUID, event: Event) -> UsageEventRecord:
         charge=msgspec.Raw(b"{}"),
         usage_source="upstream",
         outcome="completed",
+        upstream_cost=event.upstream_cost,
     )
 
 
@@ -235,13 +252,16 @@ async def _report(
     )
     async with engine.connect() as connection:
         report = await service.usage_report(
-            connection, query, catalog=CATALOG, account_id=account_id
+            connection, query, catalog=CATALOG, account_id=account_id, with_margin=admin
         )
     return query, report
 
 
 def _normalise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**row, "cost": Decimal(row["cost"])} for row in rows]
+    money = ("cost", "upstream_cost", "margin")
+    return [
+        {**row, **{k: Decimal(row[k]) for k in money if row.get(k) is not None}} for row in rows
+    ]
 
 
 @settings(
@@ -275,4 +295,4 @@ async def test_usage_from_rollups_equals_raw_events(
     }
     query, report = await _report(clean_db, body, None, admin=True)
     everyone = mine + [(neighbour, e) for e in scenario.other]
-    assert _normalise(report["data"]) == expected(query, body, everyone, None), body
+    assert _normalise(report["data"]) == expected(query, body, everyone, None, True), body

@@ -1,7 +1,8 @@
 """Usage across accounts: by UTC day, model and account for a range of days (this month unless
-chosen), optionally of one model or one account, as a table and as CSV. The figures are the
-usage query's own (`app.usage.repository.usage_rows`, DAY windows grouped by model and
-account), so they equal `POST /admin/usage/completions` for the same range."""
+chosen), optionally of one model or one account, as a table and as CSV, with revenue (the
+cost charged), upstream cost and margin (SPEC 13). The figures are the usage query's own
+(`app.usage.service.usage_by_day`, DAY windows grouped by model and account), so they equal
+`POST /admin/usage/completions` for the same range."""
 
 from __future__ import annotations
 
@@ -26,11 +27,8 @@ from app.console.schemas import Permission
 from app.console.session import Staff
 from app.money import money_str
 from app.pricing import Catalog
-from app.usage import repository as usage_repository
-from app.usage.repository import UsageSelection
 from app.usage.schemas import FilterValue
-from app.usage.service import canonical_models
-from app.usage.windows import rollup_spans
+from app.usage.service import canonical_models, usage_by_day
 
 MAX_DAYS = 366  # one query over at most a year of DAY windows
 MAX_TABLE_ROWS = 1_000  # the page's table; the CSV has every row
@@ -47,6 +45,9 @@ CSV_COLUMNS = (
     "search_requests",
     "cost",
     "currency",
+    "upstream_cost",  # empty when no request of the row has a known upstream cost
+    "margin",
+    "costed_requests",
 )
 
 
@@ -81,7 +82,11 @@ class UsageLine:
     output_tokens: int
     images: int
     search_requests: int
-    cost: Decimal
+    cost: Decimal  # the revenue
+    # Over the requests whose upstream cost is known (`app.usage.service.DayUsage`).
+    costed_requests: int
+    upstream_cost: Decimal
+    margin: Decimal
 
     def plus(self, other: UsageLine) -> UsageLine:
         return UsageLine(
@@ -96,6 +101,9 @@ class UsageLine:
             self.images + other.images,
             self.search_requests + other.search_requests,
             self.cost + other.cost,
+            self.costed_requests + other.costed_requests,
+            self.upstream_cost + other.upstream_cost,
+            self.margin + other.margin,
         )
 
 
@@ -135,49 +143,30 @@ def parse_filter(params: Mapping[str, str | None], today: date) -> UsageFilter:
     return UsageFilter(first, last, model, account_id)
 
 
-def _midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
-def selection(wanted: UsageFilter, catalog: Catalog) -> UsageSelection:
-    """The usage query's selection for DAY windows (UTC) over the range, grouped by model and
-    account, across accounts."""
-    starts = [_midnight(wanted.first + timedelta(days=i)) for i in range(_days(wanted))]
-    end = _midnight(wanted.last + timedelta(days=1))
-    bounds = [*starts, end]
-    (rollup_start, rollup_end), (hour_start, hour_end) = rollup_spans(starts[0], end, bounds)
+def usage_filters(wanted: UsageFilter, catalog: Catalog) -> dict[str, tuple[FilterValue, ...]]:
+    """The usage query's filters for the chosen model and account."""
     filters: dict[str, tuple[FilterValue, ...]] = {}
     if wanted.model:
         # As the usage query does: an alias or another spelling matches the stored name.
         filters["model"] = canonical_models(catalog, (wanted.model,))
     if wanted.account_id:
         filters["user_id"] = (wanted.account_id,)
-    return UsageSelection(
-        start=starts[0],
-        end=end,
-        rollup_start=rollup_start,
-        rollup_end=rollup_end,
-        hour_start=hour_start,
-        hour_end=hour_end,
-        window_starts=starts,
-        group_by=("model", "user_id"),
-        filters=filters,
-        account_id=None,
-    )
-
-
-def _days(wanted: UsageFilter) -> int:
-    return (wanted.last - wanted.first).days + 1
+    return filters
 
 
 async def usage_lines(db: AsyncSession, catalog: Catalog, wanted: UsageFilter) -> list[UsageLine]:
     """By day, then account name, then model."""
-    chosen = selection(wanted, catalog)
-    rows = await usage_repository.usage_rows(db, chosen)
+    rows = await usage_by_day(
+        db,
+        wanted.first,
+        wanted.last,
+        group_by=("model", "user_id"),
+        filters=usage_filters(wanted, catalog),
+    )
     names = await repository.account_names(db, [row.group[1] for row in rows])
     lines = [
         UsageLine(
-            day=chosen.window_starts[row.window].date(),
+            day=row.day,
             account_id=row.group[1],
             account_name=names.get(row.group[1], ""),
             model=None if row.group[0] is None else str(row.group[0]),
@@ -187,7 +176,10 @@ async def usage_lines(db: AsyncSession, catalog: Catalog, wanted: UsageFilter) -
             output_tokens=row.output_tokens,
             images=row.images,
             search_requests=row.search_requests,
-            cost=row.cost,
+            cost=row.revenue,
+            costed_requests=row.costed_requests,
+            upstream_cost=row.upstream_cost,
+            margin=row.margin,
         )
         for row in rows
     ]
@@ -198,7 +190,8 @@ async def usage_lines(db: AsyncSession, catalog: Catalog, wanted: UsageFilter) -
 
 
 def totals(lines: list[UsageLine], *, by: str) -> list[UsageLine]:
-    """Sums per `by` ("account", "model" or "currency") and currency, largest cost first."""
+    """Sums per `by` ("account", "model", "day_model" or "currency") and currency, largest cost
+    first (by day first for "day_model")."""
     summed: dict[tuple[Any, str], UsageLine] = {}
     for line in lines:
         if by == "account":
@@ -207,13 +200,17 @@ def totals(lines: list[UsageLine], *, by: str) -> list[UsageLine]:
         elif by == "model":
             key = line.model
             line = UsageLine(None, None, "", line.model, *_measures(line))
+        elif by == "day_model":
+            key = (line.day, line.model)
+            line = UsageLine(line.day, None, "", line.model, *_measures(line))
         else:
             key = None
             line = UsageLine(None, None, "", None, *_measures(line))
         before = summed.get((key, line.currency))
         summed[(key, line.currency)] = line if before is None else before.plus(line)
     return sorted(
-        summed.values(), key=lambda x: (-x.cost, x.account_name, x.model or "", x.currency)
+        summed.values(),
+        key=lambda x: (x.day or date.min, -x.cost, x.account_name, x.model or "", x.currency),
     )
 
 
@@ -226,6 +223,9 @@ def _measures(line: UsageLine) -> tuple[Any, ...]:
         line.images,
         line.search_requests,
         line.cost,
+        line.costed_requests,
+        line.upstream_cost,
+        line.margin,
     )
 
 
@@ -252,6 +252,9 @@ def csv_text(lines: list[UsageLine]) -> str:
             line.search_requests,
             money_str(line.cost),
             line.currency,
+            money_str(line.upstream_cost) if line.costed_requests else "",
+            money_str(line.margin) if line.costed_requests else "",
+            line.costed_requests,
         ]
         for line in lines
     )
@@ -286,6 +289,7 @@ async def usage_page(
         by_currency=totals(lines, by="currency"),
         by_account=totals(lines, by="account"),
         by_model=totals(lines, by="model"),
+        by_day_model=totals(lines, by="day_model")[:MAX_TABLE_ROWS],
         models=[m.name for m in version.models] if version else [],
     )
 
