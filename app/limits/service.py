@@ -1,25 +1,64 @@
 """Fixed one-minute windows per account, counted in `limits`' storage: in process by default,
-in Redis (atomic Lua increments) when REDIS_URL is set so every instance shares one count.
+in Redis when REDIS_URL is set so every instance shares one count.
 
 Keys do not depend on the tier, so a tier upgrade keeps the minute's count and raises the
 ceiling from the very next request. Tokens are reserved from the request's estimate before
 forwarding and corrected to the actual usage after; a refused request consumes nothing.
+
+Redis is a convenience, never a dependency of serving: every Redis operation runs under a
+short deadline, and when one fails (refused, reset, timed out) the limiter counts in this
+process's own memory instead (the same windows as without REDIS_URL), says so once in the
+log and in `tollgate_rate_limit_fallback`, and pings Redis in the background at most once
+per `retry_seconds` while requests arrive; the first answer makes the limits shared again.
+`limits`' async Redis storage has no fallback of its own (only `wrap_exceptions`), hence this.
+
+While on its own counters each instance allows a tier's full limit by itself: N instances
+allow up to N times the limit until Redis is back. Counts do not move between the two
+stores; a correction of a request admitted before a switch lands on the other store's count
+(at most the reservations in flight at that moment, and never shown below zero).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
 
+from coredis.retry import NoRetryPolicy
 from limits.aio.storage import MemoryStorage, Storage
 from limits.storage import storage_from_string
+from prometheus_client import Counter, Gauge
 
 from app.credits.tiers import Tier
 from app.errors import RateLimitExceeded
 
+logger = logging.getLogger(__name__)
+
 WINDOW_SECONDS = 60
+# The most a request waits on Redis (connect, or one operation's round trips) before the
+# limiter counts in process instead; a healthy Redis answers in well under a millisecond.
+REDIS_TIMEOUT_SECONDS = 0.25
+# While on its own counters, how often (at most) the limiter asks whether Redis is back.
+REDIS_RETRY_SECONDS = 1.0
+
+# Per process: how many of its limiters count on their own because Redis failed (one
+# limiter per gateway, so 0 or 1 outside tests that run several gateways in one process).
+FALLBACK = Gauge(
+    "tollgate_rate_limit_fallback",
+    "1 while rate limits are counted in this process because Redis is unreachable",
+)
+FALLBACKS = Counter(
+    "tollgate_rate_limit_fallbacks",
+    "Times the rate limits fell back from Redis to this process's own counters",
+)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +93,60 @@ def _clamp(seconds: float) -> float:
     return min(float(WINDOW_SECONDS), max(0.0, seconds))
 
 
+def _where(url: str) -> str:
+    """The URL without its credentials, for the log."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Count:
+    state: LimitState
+    over_requests: bool | None  # None: admitted
+
+
 class RateLimiter:
-    def __init__(self, redis_url: str | None) -> None:
-        storage = storage_from_string(f"async+{redis_url}") if redis_url else MemoryStorage()
-        assert isinstance(storage, Storage)
-        self._storage = storage
+    def __init__(
+        self,
+        redis_url: str | None,
+        *,
+        timeout: float = REDIS_TIMEOUT_SECONDS,
+        retry_seconds: float = REDIS_RETRY_SECONDS,
+    ) -> None:
+        self._memory = MemoryStorage()
+        self._shared: Storage | None = None
+        self._where = ""
+        if redis_url:
+            # No client-side retries: a failed call falls back at once rather than after
+            # three attempts; the deadlines bound a Redis that accepts and never answers.
+            shared = storage_from_string(
+                f"async+{redis_url}",  # redis://, rediss://, redis+sentinel://, redis+cluster://
+                stream_timeout=timeout,
+                connect_timeout=timeout,
+                retry_policy=NoRetryPolicy(),  # type: ignore[arg-type]
+            )
+            assert isinstance(shared, Storage)
+            self._shared = shared
+            self._where = _where(redis_url)
+        self._timeout = timeout
+        self._retry_seconds = retry_seconds
+        self._sharing = self._shared is not None
+        self._next_probe = 0.0
+        self._probe: asyncio.Task[None] | None = None
+
+    @property
+    def shared(self) -> bool:
+        """Whether the counts are Redis's (False without REDIS_URL or while it is away)."""
+        return self._sharing
+
+    def close(self) -> None:
+        """Forget this limiter: its probe stops and the gauge no longer counts it."""
+        if self._probe is not None:
+            self._probe.cancel()
+        if self._shared is not None and not self._sharing:
+            FALLBACK.dec()
+        self._shared = None
+        self._sharing = False
 
     @staticmethod
     def _keys(account_id: uuid.UUID) -> tuple[str, str]:
@@ -66,19 +154,14 @@ class RateLimiter:
 
     async def admit(self, account_id: uuid.UUID, tier: Tier, tokens: int) -> LimitState:
         """Count one request and reserve `tokens`, or raise 429 having counted nothing."""
-        rpm_key, tpm_key = self._keys(account_id)
-        requests = await self._storage.incr(rpm_key, WINDOW_SECONDS, 1)
-        used_tokens = await self._storage.incr(tpm_key, WINDOW_SECONDS, tokens)
-        if requests <= tier.rpm and used_tokens <= tier.tpm:
-            return await self._state(account_id, tier, requests, used_tokens)
-        await self._storage.incr(rpm_key, WINDOW_SECONDS, -1)
-        await self._storage.incr(tpm_key, WINDOW_SECONDS, -tokens)
-        state = await self._state(account_id, tier, requests - 1, used_tokens - tokens)
-        over_requests = requests > tier.rpm
-        retry_after = state.requests_reset if over_requests else state.tokens_reset
+        count = await self._run(lambda storage: self._count(storage, account_id, tier, tokens))
+        if count.over_requests is None:
+            return count.state
+        state = count.state
+        retry_after = state.requests_reset if count.over_requests else state.tokens_reset
         what = (
             f"requests per minute (RPM): limit {tier.rpm}"
-            if over_requests
+            if count.over_requests
             else f"tokens per minute (TPM): limit {tier.tpm}, requested {tokens}"
         )
         raise RateLimitExceeded(
@@ -89,26 +172,98 @@ class RateLimiter:
 
     async def correct(self, account_id: uuid.UUID, reserved: int, actual: int) -> None:
         if actual != reserved:
-            await self._storage.incr(self._keys(account_id)[1], WINDOW_SECONDS, actual - reserved)
+            tpm_key = self._keys(account_id)[1]
+            await self._run(
+                lambda storage: storage.incr(tpm_key, WINDOW_SECONDS, actual - reserved)
+            )
 
     async def peek(self, account_id: uuid.UUID, tier: Tier) -> LimitState:
-        rpm_key, tpm_key = self._keys(account_id)
-        return await self._state(
-            account_id, tier, await self._storage.get(rpm_key), await self._storage.get(tpm_key)
+        return await self._run(lambda storage: self._peek(storage, account_id, tier))
+
+    async def _run(self, operation: Callable[[Storage], Awaitable[T]]) -> T:
+        """`operation` on Redis while it answers in time, else on this process's counters."""
+        shared = self._shared
+        if shared is not None:
+            if self._sharing:
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        return await operation(shared)
+                except Exception as exc:  # whatever Redis (or its client) does: count here
+                    self._fall_back(exc)
+            else:
+                self._maybe_probe(shared)
+        return await operation(self._memory)
+
+    def _fall_back(self, exc: Exception) -> None:
+        if not self._sharing:
+            return  # another request saw it first
+        self._sharing = False
+        self._next_probe = time.monotonic() + self._retry_seconds
+        FALLBACK.inc()
+        FALLBACKS.inc()
+        logger.warning(
+            "Redis at %s failed (%s); rate limits are counted in this process until it "
+            "answers again (each instance allows the full limits meanwhile)",
+            self._where,
+            repr(exc) if str(exc) else type(exc).__name__,
         )
 
+    def _maybe_probe(self, shared: Storage) -> None:
+        now = time.monotonic()
+        if now < self._next_probe or (self._probe is not None and not self._probe.done()):
+            return
+        self._next_probe = now + self._retry_seconds
+        self._probe = asyncio.get_running_loop().create_task(self._try_shared(shared))
+
+    async def _try_shared(self, shared: Storage) -> None:
+        try:
+            # A write like the limiter's own: a replica that is read-only, or a server out of
+            # memory, answers PING and still cannot count.
+            async with asyncio.timeout(self._timeout):
+                await shared.incr("tollgate:probe", WINDOW_SECONDS, 1)
+        except Exception:
+            return
+        if not self._sharing and self._shared is shared:
+            self._sharing = True
+            FALLBACK.dec()
+            logger.info("Redis at %s answers again; rate limits are shared again", self._where)
+
+    async def _count(
+        self, storage: Storage, account_id: uuid.UUID, tier: Tier, tokens: int
+    ) -> _Count:
+        rpm_key, tpm_key = self._keys(account_id)
+        requests, used_tokens = await asyncio.gather(
+            storage.incr(rpm_key, WINDOW_SECONDS, 1),
+            storage.incr(tpm_key, WINDOW_SECONDS, tokens),
+        )
+        if requests <= tier.rpm and used_tokens <= tier.tpm:
+            return _Count(await self._state(storage, account_id, tier, requests, used_tokens), None)
+        await asyncio.gather(
+            storage.incr(rpm_key, WINDOW_SECONDS, -1),
+            storage.incr(tpm_key, WINDOW_SECONDS, -tokens),
+        )
+        state = await self._state(storage, account_id, tier, requests - 1, used_tokens - tokens)
+        return _Count(state, requests > tier.rpm)
+
+    async def _peek(self, storage: Storage, account_id: uuid.UUID, tier: Tier) -> LimitState:
+        rpm_key, tpm_key = self._keys(account_id)
+        requests, tokens = await asyncio.gather(storage.get(rpm_key), storage.get(tpm_key))
+        return await self._state(storage, account_id, tier, requests, tokens)
+
     async def _state(
-        self, account_id: uuid.UUID, tier: Tier, requests: int, tokens: int
+        self, storage: Storage, account_id: uuid.UUID, tier: Tier, requests: int, tokens: int
     ) -> LimitState:
         rpm_key, tpm_key = self._keys(account_id)
         now = time.time()
-        rpm_reset = await self._storage.get_expiry(rpm_key) - now
-        tpm_reset = await self._storage.get_expiry(tpm_key) - now
+        rpm_expiry, tpm_expiry = await asyncio.gather(
+            storage.get_expiry(rpm_key), storage.get_expiry(tpm_key)
+        )
+        requests, tokens = max(0, requests), max(0, tokens)
         return LimitState(
             rpm=tier.rpm,
             tpm=tier.tpm,
             requests=requests,
             tokens=tokens,
-            requests_reset=_clamp(rpm_reset) if requests else float(WINDOW_SECONDS),
-            tokens_reset=_clamp(tpm_reset) if tokens else float(WINDOW_SECONDS),
+            requests_reset=_clamp(rpm_expiry - now) if requests else float(WINDOW_SECONDS),
+            tokens_reset=_clamp(tpm_expiry - now) if tokens else float(WINDOW_SECONDS),
         )
