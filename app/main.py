@@ -35,7 +35,7 @@ from app.errors import InvalidApiKey, error_response
 from app.gateway import tokens
 from app.gateway.observe import Observer
 from app.gateway.proxy import Gateway
-from app.gateway.routes import proxy_routes
+from app.gateway.routes import ProxyFront, proxy_routes
 from app.gateway.upstreams import CircuitBreaker, load_routing, load_upstream_costs
 from app.health import healthz
 from app.invoices.routes import admin_invoice_routes, invoice_routes
@@ -168,7 +168,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         group_path=True,
         exclude=["/metrics"],
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             healthz,
             MetricsController,
@@ -208,3 +208,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(title="Tollgate", version="0.1.0", path="/openapi"),
         debug=False,
     )
+    # Inside Litestar's entry point (its lifespan, state and before_send hooks apply), outside
+    # its middleware and router.
+    app.asgi_handler = ProxyFront(app, app.asgi_handler)
+    return app

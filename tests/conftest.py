@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -82,15 +83,25 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 class Gateways:
     """Live gateways by settings, started once per test session and reused."""
 
+    # Each gateway keeps a few idle database connections: beyond this many, the least recently
+    # used one stops, so a long run (a gateway per upstreams file, say) stays under the
+    # server's max_connections.
+    MAX_RUNNING = 8
+
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
-        self._running: dict[tuple[tuple[str, str], ...], LiveServer] = {}
+        self._running: OrderedDict[tuple[tuple[str, str], ...], LiveServer] = OrderedDict()
 
     def get(self, **overrides: Any) -> LiveServer:
         key = tuple(sorted((k, str(v)) for k, v in overrides.items()))
-        if key not in self._running:
+        if key in self._running:
+            self._running.move_to_end(key)
+        else:
             app = create_app(make_settings(self.database_url, **overrides))
             self._running[key] = LiveServer(app).start()
+            while len(self._running) > self.MAX_RUNNING:
+                _, oldest = self._running.popitem(last=False)
+                oldest.stop()
         return self._running[key]
 
     def stop_all(self) -> None:
