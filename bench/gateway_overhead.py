@@ -148,12 +148,15 @@ async def timed(
     body = streamed if stream else plain
     start = time.perf_counter()
     first = 0.0
-    async with client.post(url, data=body, headers=JSON) as response:
-        async for _ in response.content.iter_any():
-            if not first:
-                first = time.perf_counter()
-        if response.status != 200:
-            raise RuntimeError(f"{url}: {response.status}")
+    try:
+        async with client.post(url, data=body, headers=JSON) as response:
+            async for _ in response.content.iter_any():
+                if not first:
+                    first = time.perf_counter()
+            if response.status != 200:
+                raise RuntimeError(f"{url}: {response.status}")
+    except aiohttp.ClientError as exc:
+        raise RuntimeError(f"{url}: {exc!r}") from exc
     end = time.perf_counter()
     return (first - start) * 1000, (end - start) * 1000
 
@@ -319,6 +322,7 @@ async def main(args: argparse.Namespace) -> None:
         if args.with_route:
             targets["route2"] = Target(gateway, targets["gw"].key, ROUTED_MODEL)
         print(f"database: {source}; upstream: built-in echo; metering on")
+        print("targets: " + ", ".join(f"{name} {t.gateway}" for name, t in targets.items()))
         if baseline is not None:
             print(f"gw: this checkout; before: {args.baseline} (its own gateway and database)")
         if args.with_route:
