@@ -294,7 +294,16 @@ def _settlement_params(batch: Sequence[Settlement]) -> dict[str, object]:
 # A settlement that retrying cannot fix (an account deleted mid-request, a value Postgres cannot
 # store), and failures a fresh connection may get past (a lost connection, a failover).
 SETTLEMENT_REFUSED = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
-SETTLEMENT_FAILED = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# Transient: worth a retry on a fresh connection. InternalClientError is a connection whose
+# protocol was left mid-operation (seen after a Postgres restart: "another operation is in
+# progress"); only a new connection recovers from it.
+SETTLEMENT_FAILED = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 class SettlementConnection:

@@ -84,8 +84,14 @@ class UsageWriter:
             batch = [first]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            futures = [f for _, f in batch]
             try:
-                await self._write([s for s, _ in batch], [f for _, f in batch])
+                await self._write([s for s, _ in batch], futures)
+            except Exception as exc:
+                # Never let the writer's task end: every later settlement would wait forever.
+                logger.exception("usage writer: unexpected failure of a batch")
+                self._connection.drop()
+                _resolve(futures, exc)
             finally:
                 for _ in batch:
                     self._queue.task_done()
