@@ -91,6 +91,11 @@ def test_demo_prints_a_working_key_and_stops_cleanly(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert "✓ signed" in page
 
+        # The banner's metrics: the request above is counted by model and status.
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert f"{port}/metrics" in banner
+        assert 'model="llama-3.3-70b-online",status="200"' in metrics
+
         # The console's one-time link sets the demo operator's password; then it signs in.
         link = re.search(r"(http://\S+/console/set-password\?token=\S+)", banner)
         assert link is not None, banner

@@ -166,7 +166,11 @@ this one-time link, then sign in with it:
 
   {console_link}
 
-Press Ctrl+C to stop.
+Operators' metrics (requests, tokens and spend by model, upstream latency and failures, hold
+and settlement latency) for Prometheus: {gateway}/metrics; every request also logs one line
+(TOLLGATE_LOG_FORMAT=json for JSON).
+
+Press Ctrl+C (or send SIGTERM) to stop; everything the demo started stops with it.
 """
 
 
