@@ -110,6 +110,9 @@ MIX = (
 )
 VARIANTS = 8  # prompt lengths, users, stream or not, receipt or not
 DISCONNECT_AFTER = 3  # data lines read before the client closes its connection
+# How long after its client left a disconnect may still be settling (the gateway notices the
+# close, cancels the upstream and commits): killed meanwhile, it leaves no event.
+DISCONNECT_SETTLE_SECONDS = 1.0
 OK, DISCONNECT = "ok", "disconnect"
 
 
@@ -417,17 +420,28 @@ class Chaos:
                 parts.append(f"down {self.pg_end - self.pg_start:.1f} s")
         return ", ".join(parts) or "none happened"
 
+    def timeline(self, r: Result, start: float) -> str:
+        """When a request ran, against the chaos, in seconds from the start of the load."""
+        marks = [f"sent {r.started - start:.2f} s, ended {r.ended - start:.2f} s"]
+        if self.kill_at is not None:
+            marks.append(f"kill {self.kill_at - start:.2f} s")
+        if self.pg_start is not None and self.pg_end is not None:
+            marks.append(f"Postgres {self.pg_start - start:.2f}–{self.pg_end - start:.2f} s")
+        return ", ".join(marks)
+
     def window(self, r: Result) -> str:
         """Which chaos a request's failure is due to: it was in flight on instance 2 when that
         was killed (or sent there before it was back), or it overlapped the Postgres restart
-        and its grace period."""
+        and its grace period. A disconnect's settlement comes after its client left, so its
+        gateway-side end is taken as up to DISCONNECT_SETTLE_SECONDS later."""
+        ended = r.ended + (DISCONNECT_SETTLE_SECONDS if r.outcome == DISCONNECT else 0.0)
         if r.instance == 2 and self.kill_at is not None:
             back = self.back_at if self.back_at is not None else float("inf")
-            if r.started <= self.kill_at <= r.ended or self.kill_at <= r.started <= back:
+            if r.started <= self.kill_at <= ended or self.kill_at <= r.started <= back:
                 return "instance 2 SIGKILL"
         if self.pg_start is not None and self.pg_end is not None:
             pg_until = self.pg_end + PG_GRACE_SECONDS
-            if r.ended >= self.pg_start and r.started <= pg_until:
+            if ended >= self.pg_start and r.started <= pg_until:
                 return "Postgres restart"
         return "outside chaos"
 
@@ -713,6 +727,8 @@ async def verify(
         f"  disconnects without an event, by window: {counted(uncharged)}:"
         f" {verdict.check(not uncharged['outside chaos'], 'a disconnect was not charged')}"
     )
+    for r in [r for r in disconnects if r.rid not in events_of][:10]:
+        print(f"    {r.rid} on instance {r.instance}: {chaos.timeline(r, load.started)}")
     print(
         f"  receipts equal the events' costs: {len(receipts)} compared, {receipts_differ} differ:"
         f" {verdict.check(receipts_differ == 0, 'receipts')}"
