@@ -175,28 +175,7 @@ async def cost_per_day(
 ) -> dict[date, Decimal]:
     """The cost of each UTC day in [first, end) with usage, of one account or of all (`None`),
     as the usage query counts it."""
-    starts = [
-        datetime(d.year, d.month, d.day, tzinfo=UTC)
-        for d in (first + timedelta(days=i) for i in range((end - first).days))
-    ]
-    stop = datetime(end.year, end.month, end.day, tzinfo=UTC)
-    bounds = [*starts, stop]
-    (rollup_start, rollup_end), (hour_start, hour_end) = rollup_spans(starts[0], stop, bounds)
-    rows = await repository.usage_rows(
-        session,
-        UsageSelection(
-            start=starts[0],
-            end=stop,
-            rollup_start=rollup_start,
-            rollup_end=rollup_end,
-            hour_start=hour_start,
-            hour_end=hour_end,
-            window_starts=starts,
-            group_by=(),
-            filters={},
-            account_id=account_id,
-        ),
-    )
+    starts, rows = await _utc_day_rows(session, first, end, (), {}, account_id)
     per_day: dict[date, Decimal] = {}
     for row in rows:
         day = starts[row.window].date()
@@ -237,27 +216,8 @@ async def usage_by_day(
     `group_by` says otherwise (fields of the admin usage query; `filters` as stored, e.g. model
     names made canonical). The same numbers as `POST /admin/usage/completions` with DAY windows
     in UTC, in no particular order."""
-    starts = [
-        datetime(d.year, d.month, d.day, tzinfo=UTC)
-        for d in (first + timedelta(days=i) for i in range((last - first).days + 1))
-    ]
-    stop = starts[-1] + timedelta(days=1)
-    bounds = [*starts, stop]
-    (rollup_start, rollup_end), (hour_start, hour_end) = rollup_spans(starts[0], stop, bounds)
-    rows = await repository.usage_rows(
-        session,
-        UsageSelection(
-            start=starts[0],
-            end=stop,
-            rollup_start=rollup_start,
-            rollup_end=rollup_end,
-            hour_start=hour_start,
-            hour_end=hour_end,
-            window_starts=starts,
-            group_by=group_by,
-            filters=dict(filters or {}),
-            account_id=None,
-        ),
+    starts, rows = await _utc_day_rows(
+        session, first, last + timedelta(days=1), group_by, dict(filters or {}), None
     )
     return [
         DayUsage(
@@ -276,3 +236,38 @@ async def usage_by_day(
         )
         for row in rows
     ]
+
+
+async def _utc_day_rows(
+    session: AsyncSession,
+    first: date,
+    end: date,
+    group_by: tuple[str, ...],
+    filters: dict[str, tuple[FilterValue, ...]],
+    account_id: uuid.UUID | None,
+) -> tuple[list[datetime], list[UsageRow]]:
+    """The usage query's rows for UTC DAY windows over [first, end), and the windows' starts."""
+    starts = [
+        datetime(d.year, d.month, d.day, tzinfo=UTC)
+        for d in (first + timedelta(days=i) for i in range((end - first).days))
+    ]
+    stop = datetime(end.year, end.month, end.day, tzinfo=UTC)
+    (rollup_start, rollup_end), (hour_start, hour_end) = rollup_spans(
+        starts[0], stop, [*starts, stop]
+    )
+    rows = await repository.usage_rows(
+        session,
+        UsageSelection(
+            start=starts[0],
+            end=stop,
+            rollup_start=rollup_start,
+            rollup_end=rollup_end,
+            hour_start=hour_start,
+            hour_end=hour_end,
+            window_starts=starts,
+            group_by=group_by,
+            filters=filters,
+            account_id=account_id,
+        ),
+    )
+    return starts, rows
