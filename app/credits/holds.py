@@ -2,7 +2,8 @@
 
 A hold is placed before forwarding and released by the request's settlement, in the same
 transaction as its usage event. This process renews the lease of the holds it owns; a hold
-whose owner died stops being renewed, expires, and is swept by any instance.
+whose owner died stops being renewed, expires, and is swept by any instance. The holds of an
+account this process serves often are granted in memory from a credit lease (leases.py).
 """
 
 from __future__ import annotations
@@ -11,22 +12,33 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.credits import repository
+from app.credits.leases import LEASE_REQUESTS, LEASE_SHARE, Lease, LeaseBook
+from app.credits.limits import LimitRefusal
 from app.credits.repository import HoldOutcome, WantedHold
-from app.db.engine import create_driver_pool
+from app.db.engine import create_driver_pool, driver_dsn
 from app.errors import InvalidApiKey
 
 logger = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0
+ACCOUNTS_CHANNEL = "tollgate_accounts"  # notified when an account's terms change (0013)
+JANITOR_SECONDS = 0.5
+
+LEASES_GRANTED = Counter("tollgate_lease_grants", "Credit holds granted from a credit lease")
+LEASE_STATEMENTS = Counter(
+    "tollgate_lease_statements", "Statements that took, extended or gave back a credit lease"
+)
 
 HOLD_BATCH = Histogram(
     "tollgate_hold_batch_size",
@@ -60,7 +72,12 @@ _Wanted = tuple[WantedHold, "asyncio.Future[HoldOutcome | None]"]
 
 class HoldKeeper:
     def __init__(
-        self, engine: AsyncEngine, *, lease_seconds: float = LEASE_SECONDS, pool_size: int = 10
+        self,
+        engine: AsyncEngine,
+        *,
+        lease_seconds: float = LEASE_SECONDS,
+        pool_size: int = 10,
+        lease_requests: int = LEASE_REQUESTS,
     ) -> None:
         self._engine = engine
         self._pool_size = pool_size
@@ -71,6 +88,14 @@ class HoldKeeper:
         self._waiting: list[_Wanted] = []
         self._placer: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        # Credit leases (0 requests: none). Granted from only while this process hears of
+        # every change of the accounts' terms (its LISTEN connection is up).
+        self._lease_requests = lease_requests
+        self.leases = LeaseBook()
+        self._listener: asyncpg.Connection | None = None
+        self._janitor: asyncio.Task[None] | None = None
+        self._lease_tasks: set[asyncio.Task[None]] = set()
+        self._taking: set[uuid.UUID] = set()
 
     async def place(
         self,
@@ -83,8 +108,43 @@ class HoldKeeper:
     ) -> HoldOutcome:
         """Hold `amount` if the account's available credit and the spend limits of the key
         and the end user cover it (see `outcome.granted`), for a request of time `at`.
-        Holds asked for while a statement runs go together in the next one, as settlements
+        From this process's lease of the account when it has one that covers it; otherwise
+        holds asked for while a statement runs go together in the next one, as settlements
         do: one round trip and one pool checkout for many requests under load."""
+        now = time.monotonic()
+        lease = self.leases.grant(account_id, amount, api_key_id, user, now)
+        if lease is not None:
+            LEASES_GRANTED.inc()
+            if lease.wants_more():
+                self._extend(lease)
+            return HoldOutcome(
+                hold_id=lease.lease_id,
+                granted=True,
+                available=lease.free + amount,
+                total_purchased=lease.terms.total_purchased,
+                total_usage=lease.terms.total_usage,
+                lease=lease,
+            )
+        outcome = await self._place(account_id, amount, at, api_key_id, user)
+        if outcome.granted:
+            self._live[outcome.hold_id] = account_id
+            if self._leasing() and self.leases.hold_placed(account_id, now):
+                self._take(account_id, amount)
+        elif outcome.refusal is LimitRefusal.CREDIT and await self._give_back(account_id):
+            # Part of what was missing was this process's own lease: asked again without it.
+            outcome = await self._place(account_id, amount, at, api_key_id, user)
+            if outcome.granted:
+                self._live[outcome.hold_id] = account_id
+        return outcome
+
+    async def _place(
+        self,
+        account_id: uuid.UUID,
+        amount: Decimal,
+        at: datetime | None,
+        api_key_id: uuid.UUID | None,
+        user: str | None,
+    ) -> HoldOutcome:
         future: asyncio.Future[HoldOutcome | None] = asyncio.get_running_loop().create_future()
         at = at or datetime.now(UTC)
         wanted = WantedHold(account_id, uuid.uuid4(), amount, api_key_id, user, at)
@@ -94,8 +154,6 @@ class HoldKeeper:
         outcome = await asyncio.shield(future)
         if outcome is None:
             raise InvalidApiKey("The account of this API key no longer exists.")
-        if outcome.granted:
-            self._live[outcome.hold_id] = account_id
         return outcome
 
     async def _place_waiting(self) -> None:
@@ -146,6 +204,14 @@ class HoldKeeper:
     ) -> dict[uuid.UUID, HoldOutcome]:
         return await repository.place_holds(driver, holds, lease_seconds=self._lease)
 
+    def settled(self, outcome: HoldOutcome, part: Decimal, committed: bool) -> None:
+        """The request of this hold settled (`committed`: its settlement committed, else it
+        failed): stop renewing the hold, or take its part out of the lease's free credit."""
+        if outcome.lease is not None:
+            self.leases.settled(outcome.lease, part, committed)
+        else:
+            self._live.pop(outcome.hold_id, None)
+
     def forget(self, hold_id: uuid.UUID) -> None:
         """The hold was released by its settlement: stop renewing it."""
         self._live.pop(hold_id, None)
@@ -153,17 +219,169 @@ class HoldKeeper:
     def start(self) -> None:
         # Renewing four times per lease survives a few slow or failed rounds.
         self._task = asyncio.create_task(self._maintain(self._lease / 4), name="hold-keeper")
+        if self._lease_requests > 0:
+            self._janitor = asyncio.create_task(self._tend_leases(), name="lease-janitor")
 
     async def close(self) -> None:
+        """After the usage writer has closed: every request has settled."""
         if self._placer is not None:
             await asyncio.gather(self._placer, return_exceptions=True)  # holds in flight
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._janitor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._lease_tasks:
+            await asyncio.gather(*self._lease_tasks, return_exceptions=True)
+        self.leases.retire_all()
+        try:
+            await self._return_leases()
+        except Exception:  # swept after the hold lease time instead
+            logger.exception("could not give back credit leases on shutdown")
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    # ── Credit leases ──────────────────────────────────────────────────────────────────────
+
+    def _leasing(self) -> bool:
+        return (
+            self._lease_requests > 0
+            and self._listener is not None
+            and not self._listener.is_closed()
+        )
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work, name="credit-lease")
+        self._lease_tasks.add(task)
+        task.add_done_callback(self._lease_tasks.discard)
+
+    def _take(self, account_id: uuid.UUID, amount: Decimal) -> None:
+        if account_id not in self._taking:
+            self._taking.add(account_id)
+            self._spawn(self._take_lease(account_id, amount * self._lease_requests))
+
+    def _extend(self, lease: Lease) -> None:
+        lease.extending = True
+        self._spawn(self._extend_lease(lease))
+
+    async def _take_lease(self, account_id: uuid.UUID, target: Decimal) -> None:
+        lease_id = uuid.uuid4()
+        try:
+            sent = time.monotonic()
+            terms = await self._lease_statement(account_id, lease_id, target)
+            if terms is None or terms.added <= 0:
+                return
+            lease = Lease(
+                account_id,
+                lease_id,
+                Decimal(0),
+                target,
+                0.0,
+                terms,
+                last_grant=time.monotonic(),
+            )
+            self.leases.extended(lease, terms, self._valid_until(sent))
+            if self._leasing() and not terms.suspended:
+                self.leases.add(lease)
+            else:  # it stopped listening meanwhile: what it heard may be stale
+                self.leases.retiring[lease_id] = lease
+                self.leases.retire(account_id)
+        except Exception:
+            logger.exception("could not take a credit lease of account %s", account_id)
+        finally:
+            self._taking.discard(account_id)
+
+    async def _extend_lease(self, lease: Lease) -> None:
+        try:
+            sent = time.monotonic()
+            terms = await self._lease_statement(
+                lease.account_id, lease.lease_id, lease.target - lease.free
+            )
+            if terms is None:
+                self.leases.retire(lease.account_id)
+            else:
+                self.leases.extended(lease, terms, self._valid_until(sent))
+        except Exception:
+            logger.exception("could not extend the credit lease of %s", lease.account_id)
+        finally:
+            lease.extending = False
+
+    async def _lease_statement(
+        self, account_id: uuid.UUID, lease_id: uuid.UUID, amount: Decimal
+    ) -> repository.LeaseTerms | None:
+        LEASE_STATEMENTS.inc()
+        async with (await self._driver()).acquire() as driver:
+            return await repository.extend_lease(
+                driver,
+                account_id,
+                lease_id,
+                amount,
+                share=LEASE_SHARE,
+                lease_seconds=self._lease,
+            )
+
+    def _valid_until(self, sent: float) -> float:
+        # The row expires `lease` seconds after the statement ran, which is after `sent`; a
+        # margin for the clocks' drift keeps grants strictly inside its life.
+        return sent + self._lease * 0.9
+
+    async def _give_back(self, account_id: uuid.UUID) -> bool:
+        """Retire the account's lease here; True when it went back whole, now."""
+        lease = self.leases.retire(account_id)
+        if lease is None or lease.requests:
+            return False
+        await self._return_lease(lease)
+        return True
+
+    async def _return_lease(self, lease: Lease) -> None:
+        LEASE_STATEMENTS.inc()
+        async with (await self._driver()).acquire() as driver:
+            await repository.return_lease(driver, lease.account_id, lease.lease_id)
+        self.leases.returned(lease)
+
+    async def _return_leases(self) -> None:
+        for lease in self.leases.returnable():
+            await self._return_lease(lease)
+
+    def _terms_changed(self, _: object, __: int, ___: str, payload: str) -> None:
+        """A trigger's notice: the account's suspension, limits or tier changed."""
+        with contextlib.suppress(ValueError):
+            self.leases.retire(uuid.UUID(payload))
+
+    def _deaf(self, _: object) -> None:
+        # Changes made while not listening would go unheard: no lease is granted from.
+        self.leases.retire_all()
+
+    async def _listen(self) -> None:
+        listener = await asyncpg.connect(
+            driver_dsn(self._engine), server_settings={"application_name": "tollgate-leases"}
+        )
+        try:
+            await listener.add_listener(ACCOUNTS_CHANNEL, self._terms_changed)
+        except BaseException:
+            await listener.close()
+            raise
+        listener.add_termination_listener(self._deaf)
+        self._listener = listener
+
+    async def _tend_leases(self) -> None:
+        while True:
+            try:
+                if not self._leasing():
+                    self.leases.retire_all()
+                    if self._listener is not None:
+                        self._listener.terminate()
+                        self._listener = None
+                    await self._listen()
+                self.leases.retire_idle(time.monotonic())
+                await self._return_leases()
+            except Exception:
+                logger.exception("credit lease upkeep failed; retrying")
+            await asyncio.sleep(JANITOR_SECONDS)
 
     async def _driver(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -177,8 +395,14 @@ class HoldKeeper:
         holds swept."""
         async with (await self._driver()).acquire() as driver:
             live = [(account_id, hold_id) for hold_id, account_id in self._live.items()]
+            leases = {lease.lease_id: lease for lease in self.leases.all()}
+            live += [(lease.account_id, lease_id) for lease_id, lease in leases.items()]
             if live:
-                await repository.renew_holds(driver, live, self._lease)
+                sent = time.monotonic()
+                renewed = await repository.renew_holds(driver, live, self._lease)
+                for lease_id in renewed & leases.keys():
+                    lease = leases[lease_id]
+                    lease.valid_until = max(lease.valid_until, self._valid_until(sent))
             return await repository.sweep_expired_holds(driver)
 
     async def _maintain(self, interval: float) -> None:

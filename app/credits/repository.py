@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import asyncpg
 import msgspec
@@ -32,6 +33,9 @@ from app.db.models import Account, LedgerEntry, SpendCounter
 from app.metering.schemas import EVENT_COLUMNS, Settlement, UsageEventRecord
 from app.notifications.repository import insert_event, new_message_id, outbox_insert_sql
 from app.notifications.schemas import EventType
+
+if TYPE_CHECKING:
+    from app.credits.leases import Lease
 
 
 async def append_entry(
@@ -208,10 +212,28 @@ SETTLE_SQL = text(
         USING unnest(CAST(:hold_accounts AS uuid[]), CAST(:hold_ids AS uuid[])) AS r(account_id, id)
         WHERE h.account_id = r.account_id AND h.id = r.id
         RETURNING h.account_id, h.amount, h.api_key_id, h."user"
+    ), lease_rows AS MATERIALIZED (
+        -- Credit leases shrink by their requests' parts (never below zero: a lease swept
+        -- while its owner was cut off from the database gave its amount back already).
+        SELECT h.account_id, h.id, least(h.amount, p.amount) AS amount
+        FROM holds h JOIN (
+            SELECT account_id, id, sum(amount) AS amount
+            FROM unnest(CAST(:lease_accounts AS uuid[]), CAST(:lease_ids AS uuid[]),
+                        CAST(:lease_parts AS numeric[])) AS p(account_id, id, amount)
+            GROUP BY account_id, id
+        ) p ON h.account_id = p.account_id AND h.id = p.id
+        ORDER BY h.account_id, h.id
+        FOR UPDATE OF h
+    ), shrunk AS (
+        UPDATE holds h SET amount = h.amount - r.amount
+        FROM lease_rows r WHERE h.account_id = r.account_id AND h.id = r.id
+        RETURNING r.account_id, r.amount
     ), deltas AS (
         SELECT account_id, amount AS spent, 0::numeric AS released FROM ledger
         UNION ALL
         SELECT account_id, 0::numeric, amount FROM released
+        UNION ALL
+        SELECT account_id, 0::numeric, amount FROM shrunk
     ), locked AS MATERIALIZED (
         -- Account rows are locked in id order whatever plan the UPDATE gets (a hash join
         -- would take them in physical order), so concurrent settlements of several accounts
@@ -261,16 +283,22 @@ def _event_order(event: UsageEventRecord) -> tuple[int, str]:
 
 
 def _settle_params(
-    events: Iterable[UsageEventRecord], holds: Iterable[tuple[uuid.UUID, uuid.UUID]]
+    events: Iterable[UsageEventRecord],
+    holds: Iterable[tuple[uuid.UUID, uuid.UUID]],
+    lease_parts: Iterable[tuple[uuid.UUID, uuid.UUID, Decimal]] = (),
 ) -> dict[str, object]:
     # Ledger entries in (account, event key) order: two batches holding the same events (a
     # retried ingestion running beside the first) wait on each other's unique keys in the same
     # order. Keys of ints and strings compare in C, UUIDs in Python.
     released = sorted(holds, key=lambda hold: hold[0].int)
+    parts = list(lease_parts)
     return {
         "events": _encode(sorted(events, key=_event_order)).decode(),
         "hold_accounts": [account_id for account_id, _ in released],
         "hold_ids": [hold_id for _, hold_id in released],
+        "lease_accounts": [account_id for account_id, _, _ in parts],
+        "lease_ids": [lease_id for _, lease_id, _ in parts],
+        "lease_parts": [amount for _, _, amount in parts],
     }
 
 
@@ -287,7 +315,16 @@ async def settle(
 def _settlement_params(batch: Sequence[Settlement]) -> dict[str, object]:
     return _settle_params(
         (s.event for s in batch if s.event is not None),
-        ((s.account_id, s.hold_id) for s in batch if s.hold_id is not None),
+        (
+            (s.account_id, s.hold_id)
+            for s in batch
+            if s.hold_id is not None and s.lease_part is None
+        ),
+        (
+            (s.account_id, s.hold_id, s.lease_part)
+            for s in batch
+            if s.hold_id is not None and s.lease_part is not None
+        ),
     )
 
 
@@ -367,6 +404,8 @@ class HoldOutcome:
     resets_at: datetime | None = None
     # A limit's counter was made while this statement waited: placed again, it is seen.
     unseen: bool = False
+    # Granted in memory from this process's credit lease (`hold_id` is the lease's).
+    lease: Lease | None = None
 
 
 _HOLD_LIMIT = "h.spend_limit"
@@ -582,6 +621,71 @@ RENEW_SQL = text(
     UPDATE holds SET expires_at = now() + make_interval(secs => :lease)
     FROM unnest(CAST(:account_ids AS uuid[]), CAST(:ids AS uuid[])) AS live(account_id, id)
     WHERE holds.account_id = live.account_id AND holds.id = live.id
+    RETURNING holds.id
+    """
+)
+
+# ── Credit leases (app/credits/leases.py) ───────────────────────────────────────────────────
+# Every statement that moves a lease locks its row before the account's, as settlements and
+# sweeps do (their account locks depend on the holds they changed): no lock cycle between them.
+
+# Take a lease, or add to one: at most `share` of the account's available credit, nothing for a
+# suspended account. Returns what was added and the account's terms as the lease knows them.
+LEASE_SQL = text(
+    """
+    WITH current AS MATERIALIZED (
+        SELECT amount FROM holds
+        WHERE account_id = :account_id AND id = :lease_id AND lease
+        FOR UPDATE
+    ), locked AS MATERIALIZED (
+        SELECT id, balance, held, suspended_at IS NOT NULL AS suspended, key_spend_limits,
+               user_spend_limit IS NOT NULL AS user_limited, total_purchased, total_usage
+        FROM accounts
+        WHERE id = :account_id AND (SELECT count(*) FROM current) >= 0  -- the lease row first
+        FOR NO KEY UPDATE
+    ), granted AS (
+        SELECT id, CASE WHEN suspended THEN 0
+                        ELSE trunc(least(CAST(:amount AS numeric),
+                                         greatest(balance - held, 0) * :share), 12) END AS amount
+        FROM locked
+    ), reserved AS (
+        UPDATE accounts a SET held = a.held + g.amount
+        FROM granted g WHERE a.id = g.id AND g.amount > 0
+        RETURNING a.id
+    ), leased AS (
+        INSERT INTO holds (account_id, id, amount, expires_at, lease)
+        SELECT id, :lease_id, amount, now() + make_interval(secs => :lease), true
+        FROM granted WHERE amount > 0
+        ON CONFLICT (account_id, id) DO UPDATE
+            SET amount = holds.amount + excluded.amount, expires_at = excluded.expires_at
+        RETURNING 1
+    )
+    SELECT g.amount AS added, l.balance - l.held AS available, l.suspended,
+           ARRAY(SELECT jsonb_object_keys(l.key_spend_limits)) AS limited_keys,
+           l.user_limited, l.total_purchased, l.total_usage,
+           (SELECT count(*) FROM leased) AS written,
+           -- A reservation, as a hold: lost in a crash together with its `held` increment.
+           set_config('synchronous_commit', 'off', true) AS commit_mode
+    FROM locked l JOIN granted g ON g.id = l.id
+    """
+)
+
+# Give a lease back whole: its owner has no request in flight on it.
+RETURN_LEASE_SQL = text(
+    """
+    WITH gone AS (
+        DELETE FROM holds WHERE account_id = :account_id AND id = :lease_id AND lease
+        RETURNING account_id, amount
+    ), locked AS MATERIALIZED (
+        SELECT id FROM accounts WHERE id IN (SELECT account_id FROM gone) FOR NO KEY UPDATE
+    ), released AS (
+        UPDATE accounts a SET held = a.held - g.amount
+        FROM gone g, locked WHERE a.id = g.account_id AND locked.id = a.id
+        RETURNING 1
+    )
+    SELECT coalesce((SELECT sum(amount) FROM gone), 0) AS returned,
+           (SELECT count(*) FROM released) AS moved,
+           set_config('synchronous_commit', 'off', true) AS commit_mode
     """
 )
 
@@ -622,17 +726,73 @@ SWEEP_SQL = text(
 
 _RENEW = DriverStatement.of(RENEW_SQL)
 _SWEEP = DriverStatement.of(SWEEP_SQL)
+_LEASE = DriverStatement.of(LEASE_SQL)
+_RETURN_LEASE = DriverStatement.of(RETURN_LEASE_SQL)
 
 
 async def renew_holds(
     driver: asyncpg.Connection, holds: list[tuple[uuid.UUID, uuid.UUID]], lease_seconds: float
-) -> None:
+) -> set[uuid.UUID]:
+    """Returns the ids of the holds renewed (a missing one was settled or swept)."""
     params = {
         "account_ids": [account_id for account_id, _ in holds],
         "ids": [hold_id for _, hold_id in holds],
         "lease": lease_seconds,
     }
-    await driver.execute(_RENEW.sql, *_RENEW.args(params))
+    return {row["id"] for row in await driver.fetch(_RENEW.sql, *_RENEW.args(params))}
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseTerms:
+    """What a lease statement added, and the account as it stood under its lock."""
+
+    added: Decimal
+    available: Decimal  # before the addition
+    suspended: bool
+    limited_keys: frozenset[str]  # ids of the keys with a spend limit
+    user_limited: bool
+    total_purchased: Decimal
+    total_usage: Decimal
+
+
+async def extend_lease(
+    driver: asyncpg.Connection,
+    account_id: uuid.UUID,
+    lease_id: uuid.UUID,
+    amount: Decimal,
+    *,
+    share: Decimal,
+    lease_seconds: float,
+) -> LeaseTerms | None:
+    """Take the lease `lease_id`, or add to it, by up to `amount`; None: no such account."""
+    params = {
+        "account_id": account_id,
+        "lease_id": lease_id,
+        "amount": amount,
+        "share": share,
+        "lease": lease_seconds,
+    }
+    row = await driver.fetchrow(_LEASE.sql, *_LEASE.args(params))
+    if row is None:
+        return None
+    return LeaseTerms(
+        added=row["added"],
+        available=row["available"],
+        suspended=row["suspended"],
+        limited_keys=frozenset(row["limited_keys"]),
+        user_limited=row["user_limited"],
+        total_purchased=row["total_purchased"],
+        total_usage=row["total_usage"],
+    )
+
+
+async def return_lease(
+    driver: asyncpg.Connection, account_id: uuid.UUID, lease_id: uuid.UUID
+) -> Decimal:
+    """Release a lease whole; returns what it still held (0 when it was gone)."""
+    params = {"account_id": account_id, "lease_id": lease_id}
+    row = await driver.fetchrow(_RETURN_LEASE.sql, *_RETURN_LEASE.args(params))
+    return Decimal(row["returned"])
 
 
 async def sweep_expired_holds(driver: asyncpg.Connection) -> int:

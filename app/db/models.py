@@ -124,6 +124,9 @@ class Hold(Base):
     # Whose limits it counts against (SPEC 3.6), so its release finds their counters.
     api_key_id: Mapped[uuid.UUID | None]
     user: Mapped[str | None] = mapped_column(Text)
+    # A credit lease (app/credits/leases.py): reserved by an instance for many requests of the
+    # account, shrunk by each one's settlement; no key or user (limited requests never use one).
+    lease: Mapped[bool] = mapped_column(server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -112,6 +112,9 @@ class Settlement:
     account_id: uuid.UUID
     hold_id: uuid.UUID | None
     event: UsageEventRecord | None
+    # When `hold_id` is a credit lease: the part of it this request held, which the
+    # settlement takes out of the lease (the rest stays for the lease's other requests).
+    lease_part: Decimal | None = None
 
 
 # ── POST /admin/events ───────────────────────────────────────────────────────────────────────
