@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     hold_lease_seconds: float = Field(
         default=60.0, gt=0, validation_alias="TOLLGATE_HOLD_LEASE_SECONDS"
     )
+    # A credit lease covers this many holds like the one that found its account busy (the
+    # holds of a busy account are then granted in memory); 0 turns credit leases off.
+    credit_lease_requests: int = Field(
+        default=64, ge=0, le=10_000, validation_alias="TOLLGATE_CREDIT_LEASE_REQUESTS"
+    )
     # Settlements per usage commit; 1 turns group commit off (a baseline for benchmarks).
     writer_max_batch: int = Field(default=1000, ge=1, validation_alias="TOLLGATE_WRITER_MAX_BATCH")
     # Required as a bearer token on /metrics when set.

@@ -114,7 +114,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             max_batch=settings.writer_max_batch,
             on_commit=lambda charged: payments.auto_recharger(app.state).notify(charged),
         )
-        holds = HoldKeeper(engine, lease_seconds=settings.hold_lease_seconds)
+        holds = HoldKeeper(
+            engine,
+            lease_seconds=settings.hold_lease_seconds,
+            lease_requests=settings.credit_lease_requests,
+        )
         writer.start()
         holds.start()
         app.state.gateway = Gateway(

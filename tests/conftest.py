@@ -73,6 +73,10 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         # The outbox's worker only where a test asks for it: another test's gateway, still
         # running, would otherwise deliver (or not email) what this one's should.
         "TOLLGATE_NOTIFICATIONS": False,
+        # Many tests end by checking that nothing is held once their responses have ended,
+        # which a busy account's credit lease (by design) is until it idles: those tests see
+        # per-request holds, and tests/gateway/test_credit_leases.py runs gateways with leases on.
+        "TOLLGATE_CREDIT_LEASE_REQUESTS": 0,
         "UPSTREAM_BASE_URL": "http://127.0.0.1:9/v1",
         "UPSTREAM_API_KEY": "upstream-secret",
     }

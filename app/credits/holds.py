@@ -204,13 +204,15 @@ class HoldKeeper:
     ) -> dict[uuid.UUID, HoldOutcome]:
         return await repository.place_holds(driver, holds, lease_seconds=self._lease)
 
-    def settled(self, outcome: HoldOutcome, part: Decimal, committed: bool) -> None:
+    def settled(
+        self, hold_id: uuid.UUID, lease: Lease | None, part: Decimal, committed: bool
+    ) -> None:
         """The request of this hold settled (`committed`: its settlement committed, else it
-        failed): stop renewing the hold, or take its part out of the lease's free credit."""
-        if outcome.lease is not None:
-            self.leases.settled(outcome.lease, part, committed)
+        failed): stop renewing the hold, or take its part out of the lease it came from."""
+        if lease is not None:
+            self.leases.settled(lease, part, committed)
         else:
-            self._live.pop(outcome.hold_id, None)
+            self._live.pop(hold_id, None)
 
     def forget(self, hold_id: uuid.UUID) -> None:
         """The hold was released by its settlement: stop renewing it."""

@@ -72,7 +72,9 @@ class Lease:
         )
 
     def wants_more(self) -> bool:
-        return self.state is LeaseState.ACTIVE and not self.extending and self.free * 2 < self.target
+        return (
+            self.state is LeaseState.ACTIVE and not self.extending and self.free * 2 < self.target
+        )
 
 
 @dataclass(slots=True)

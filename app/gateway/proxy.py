@@ -31,6 +31,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from app.accounts.auth import KeyAuthenticator, Principal
 from app.config import Settings
 from app.credits.holds import HoldKeeper, record_shortfall
+from app.credits.leases import Lease
 from app.credits.limits import LimitRefusal, seconds_until
 from app.credits.repository import HoldOutcome
 from app.credits.tiers import Tier, TierTable
@@ -147,6 +148,7 @@ class Call:
     limit_headers: dict[str, str] = field(default_factory=dict)
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     settled: bool = False
+    lease: Lease | None = None  # the credit lease its hold was granted from, if any
 
 
 class Gateway:
@@ -236,6 +238,7 @@ class Gateway:
             started,
             arrived,
             trail,
+            lease=hold.lease,
         )
         try:
             tokens = estimate.prompt_tokens + estimate.completion_tokens
@@ -511,10 +514,14 @@ class Gateway:
             record_shortfall(call.request_id, call.hold_amount, event.cost, event.currency)
         span = self.observer.stage(call.trail, "settlement")
         settle_started = time.monotonic()
+        lease = call.lease
+        part = call.hold_amount if lease is not None else None
+        committed = False
         try:
-            await self.writer.settle(Settlement(account_id, call.hold_id, event))
+            await self.writer.settle(Settlement(account_id, call.hold_id, event, part))
+            committed = True
         finally:
-            self.holds.forget(call.hold_id)
+            self.holds.settled(call.hold_id, lease, call.hold_amount, committed)
         SETTLEMENT_SECONDS.observe(time.monotonic() - settle_started)
         end_stage(span)
         if event is not None:
