@@ -128,7 +128,7 @@ class HoldKeeper:
         outcome = await self._place(account_id, amount, at, api_key_id, user)
         if outcome.granted:
             self._live[outcome.hold_id] = account_id
-            if self._leasing() and self.leases.hold_placed(account_id, now):
+            if self.leasing and self.leases.hold_placed(account_id, now):
                 self._take(account_id, amount)
         elif outcome.refusal is LimitRefusal.CREDIT and await self._give_back(account_id):
             # Part of what was missing was this process's own lease: asked again without it.
@@ -249,7 +249,9 @@ class HoldKeeper:
 
     # ── Credit leases ──────────────────────────────────────────────────────────────────────
 
-    def _leasing(self) -> bool:
+    @property
+    def leasing(self) -> bool:
+        """Whether holds may be granted from leases now (this process hears of changes)."""
         return (
             self._lease_requests > 0
             and self._listener is not None
@@ -287,7 +289,7 @@ class HoldKeeper:
                 last_grant=time.monotonic(),
             )
             self.leases.extended(lease, terms, self._valid_until(sent))
-            if self._leasing() and not terms.suspended:
+            if self.leasing and not terms.suspended:
                 self.leases.add(lease)
             else:  # it stopped listening meanwhile: what it heard may be stale
                 self.leases.retiring[lease_id] = lease
@@ -373,7 +375,7 @@ class HoldKeeper:
     async def _tend_leases(self) -> None:
         while True:
             try:
-                if not self._leasing():
+                if not self.leasing:
                     self.leases.retire_all()
                     if self._listener is not None:
                         self._listener.terminate()

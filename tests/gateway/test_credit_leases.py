@@ -167,7 +167,7 @@ async def test_a_busy_account_is_leased_settled_through_the_lease_and_given_back
     connection = SettlementConnection(driver_dsn(clean_db))
     try:
         for _ in range(200):  # the listener connects first: no lease is taken before
-            if keeper._leasing():
+            if keeper.leasing:
                 break
             await asyncio.sleep(0.02)
         amount = Decimal("0.01")
@@ -203,7 +203,9 @@ async def test_an_idle_lease_goes_back_by_itself(clean_db: AsyncEngine) -> None:
     keeper.start()
     connection = SettlementConnection(driver_dsn(clean_db))
     try:
-        while not keeper._leasing():
+        for _ in range(200):
+            if keeper.leasing:
+                break
             await asyncio.sleep(0.02)
         for _ in range(leases_module.BUSY_HOLDS_PER_SECOND + 10):
             outcome = await keeper.place(account_id, Decimal("0.02"))
@@ -268,7 +270,9 @@ async def _lease_count(engine: AsyncEngine, account_id: str) -> int:
     return int((await account_totals(engine, account_id)).leases)
 
 
-async def _warm(client: httpx.AsyncClient, url: str, key: str, engine: AsyncEngine, account: str):
+async def _warm(
+    client: httpx.AsyncClient, url: str, key: str, engine: AsyncEngine, account: str
+) -> None:
     """Requests until the process serves the account from a lease."""
     for _ in range(400):
         response = await _chat(client, url, key)
