@@ -6,6 +6,8 @@ import json
 import logging
 from datetime import UTC, datetime
 
+from litestar.logging.standard import QueueListenerHandler
+
 
 class JsonFormatter(logging.Formatter):
     """`time`, `level`, `logger`, `message`, and a record's `fields` (the request line's) merged
@@ -24,3 +26,18 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)
+
+
+class RecordQueueHandler(QueueListenerHandler):
+    """Litestar's queue handler without formatting on the caller's thread: the stdlib's
+    `prepare` formats every record before queueing it (for queues that pickle), which here put
+    the text formatting of each request's line on the event loop. The queue is in process, so
+    the listener's thread formats instead."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        super().setFormatter(fmt)
+        for handler in self.listener.handlers:  # they format now
+            handler.setFormatter(fmt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,7 +16,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
-from litestar.logging.config import LoggingConfig
+from litestar.logging.config import LoggingConfig, default_handlers
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
@@ -41,7 +42,7 @@ from app.health import healthz
 from app.invoices.routes import admin_invoice_routes, invoice_routes
 from app.jobs import Scheduler, billing_jobs, default_jobs
 from app.limits.service import RateLimiter
-from app.logs import JsonFormatter
+from app.logs import JsonFormatter, RecordQueueHandler
 from app.metering.routes import get_generation, ingest_events
 from app.metering.writer import UsageWriter
 from app.middleware import add_request_id
@@ -199,6 +200,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers={Exception: error_response},
         logging_config=LoggingConfig(
             **json_logging,
+            handlers=_log_handlers(),
             # INFO from these is a line per Stripe call or job run: noise in the gateway's log.
             loggers={name: {"level": "WARNING"} for name in ("httpx", "httpcore", "apscheduler")},
         ),
@@ -216,3 +218,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # its middleware and router.
     app.asgi_handler = ProxyFront(app, app.asgi_handler)
     return app
+
+
+def _log_handlers() -> dict[str, dict[str, Any]]:
+    """Litestar's, with the listener's thread formatting the request lines, not the event loop
+    (Python 3.11's queue handler; 3.12's is configured differently and left as it is)."""
+    if sys.version_info >= (3, 12):
+        return default_handlers
+    queued = {**default_handlers["queue_listener"]}
+    queued["class"] = f"{RecordQueueHandler.__module__}.{RecordQueueHandler.__name__}"
+    return {**default_handlers, "queue_listener": queued}

@@ -228,17 +228,26 @@ class RateLimiter:
             FALLBACK.dec()
             logger.info("Redis at %s answers again; rate limits are shared again", self._where)
 
+    async def _both(self, storage: Storage, first: Awaitable[T], second: Awaitable[T]) -> list[T]:
+        """Two calls: concurrently on Redis (one round trip's wait), one after the other in
+        memory, where nothing waits and a gather's two tasks would only cost CPU."""
+        if storage is self._memory:
+            return [await first, await second]
+        return list(await asyncio.gather(first, second))
+
     async def _count(
         self, storage: Storage, account_id: uuid.UUID, tier: Tier, tokens: int
     ) -> _Count:
         rpm_key, tpm_key = self._keys(account_id)
-        requests, used_tokens = await asyncio.gather(
+        requests, used_tokens = await self._both(
+            storage,
             storage.incr(rpm_key, WINDOW_SECONDS, 1),
             storage.incr(tpm_key, WINDOW_SECONDS, tokens),
         )
         if requests <= tier.rpm and used_tokens <= tier.tpm:
             return _Count(await self._state(storage, account_id, tier, requests, used_tokens), None)
-        await asyncio.gather(
+        await self._both(
+            storage,
             storage.incr(rpm_key, WINDOW_SECONDS, -1),
             storage.incr(tpm_key, WINDOW_SECONDS, -tokens),
         )
@@ -247,7 +256,7 @@ class RateLimiter:
 
     async def _peek(self, storage: Storage, account_id: uuid.UUID, tier: Tier) -> LimitState:
         rpm_key, tpm_key = self._keys(account_id)
-        requests, tokens = await asyncio.gather(storage.get(rpm_key), storage.get(tpm_key))
+        requests, tokens = await self._both(storage, storage.get(rpm_key), storage.get(tpm_key))
         return await self._state(storage, account_id, tier, requests, tokens)
 
     async def _state(
@@ -255,8 +264,8 @@ class RateLimiter:
     ) -> LimitState:
         rpm_key, tpm_key = self._keys(account_id)
         now = time.time()
-        rpm_expiry, tpm_expiry = await asyncio.gather(
-            storage.get_expiry(rpm_key), storage.get_expiry(tpm_key)
+        rpm_expiry, tpm_expiry = await self._both(
+            storage, storage.get_expiry(rpm_key), storage.get_expiry(tpm_key)
         )
         requests, tokens = max(0, requests), max(0, tokens)
         return LimitState(
