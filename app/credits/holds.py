@@ -96,6 +96,11 @@ class HoldKeeper:
         self._janitor: asyncio.Task[None] | None = None
         self._lease_tasks: set[asyncio.Task[None]] = set()
         self._taking: set[uuid.UUID] = set()
+        # Notices heard, counted, and each account's last: a lease whose statement ran before
+        # a change whose notice came before the statement's answer must not be used.
+        self._notices = 0
+        self._noticed: dict[uuid.UUID, int] = {}
+        self._forgotten = 0  # the count of notices when `_noticed` was last cleared
 
     async def place(
         self,
@@ -275,7 +280,7 @@ class HoldKeeper:
     async def _take_lease(self, account_id: uuid.UUID, target: Decimal) -> None:
         lease_id = uuid.uuid4()
         try:
-            sent = time.monotonic()
+            sent, notices = time.monotonic(), self._notices
             terms = await self._lease_statement(account_id, lease_id, target)
             if terms is None or terms.added <= 0:
                 return
@@ -289,10 +294,15 @@ class HoldKeeper:
                 last_grant=time.monotonic(),
             )
             self.leases.extended(lease, terms, self._valid_until(sent))
-            if self.leasing and not terms.suspended:
-                self.leases.add(lease)
-            else:  # it stopped listening meanwhile: what it heard may be stale
-                self.leases.retiring[lease_id] = lease
+            # Not used when its terms may be stale: the account changed since the statement
+            # was sent, or this process stopped listening meanwhile.
+            stale = (
+                self._noticed.get(account_id, 0) > notices
+                or notices < self._forgotten
+                or not self.leasing
+            )
+            self.leases.add(lease)
+            if stale or terms.suspended:
                 self.leases.retire(account_id)
         except Exception:
             logger.exception("could not take a credit lease of account %s", account_id)
@@ -354,7 +364,13 @@ class HoldKeeper:
     def _terms_changed(self, _: object, __: int, ___: str, payload: str) -> None:
         """A trigger's notice: the account's suspension, limits or tier changed."""
         with contextlib.suppress(ValueError):
-            self.leases.retire(uuid.UUID(payload))
+            account_id = uuid.UUID(payload)
+            self._notices += 1
+            if len(self._noticed) > 10_000:  # forgotten: leases being taken are stale
+                self._noticed.clear()
+                self._forgotten = self._notices
+            self._noticed[account_id] = self._notices
+            self.leases.retire(account_id)
 
     def _deaf(self, _: object) -> None:
         # Changes made while not listening would go unheard: no lease is granted from.

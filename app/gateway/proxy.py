@@ -285,10 +285,10 @@ class Gateway:
             started = time.monotonic()
             try:
                 # Returns once the status and headers are in; the body is read or relayed later.
-                response = await self.client.post(
+                response = await self._post(
                     upstream.base_url + call.request.endpoint.removeprefix("/v1"),
-                    data=content,
-                    headers=[*headers, *_credentials(upstream)],
+                    content,
+                    [*headers, *_credentials(upstream)],
                 )
             except TimeoutError as exc:
                 end_stage(span, **{"error.type": "timeout"})
@@ -317,6 +317,16 @@ class Gateway:
                 observe_upstream(upstream.name, time.monotonic() - started)
             return response
         raise AssertionError("a route has at least one upstream")  # pragma: no cover
+
+    async def _post(
+        self, url: str, content: bytes, headers: list[tuple[str, str]]
+    ) -> aiohttp.ClientResponse:
+        try:
+            return await self.client.post(url, data=content, headers=headers)
+        except aiohttp.ServerDisconnectedError:
+            # Most often a pooled connection the upstream closed just as it was reused (its
+            # keep-alive ran out) and the request was never read: once more, on a fresh one.
+            return await self.client.post(url, data=content, headers=headers)
 
     def _upstream_failed(self, upstream: Upstream, started: float, reason: UpstreamFailure) -> None:
         self.breaker.failed(upstream.name)
