@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0
 ACCOUNTS_CHANNEL = "tollgate_accounts"  # notified when an account's terms change (0013)
 JANITOR_SECONDS = 0.5
+HEARTBEAT_EVERY = 4  # janitor rounds: the listening connection is checked every 2 s
+HEARTBEAT_TIMEOUT = 1.0
 
 LEASES_GRANTED = Counter("tollgate_lease_grants", "Credit holds granted from a credit lease")
 LEASE_STATEMENTS = Counter(
@@ -281,7 +283,7 @@ class HoldKeeper:
         lease_id = uuid.uuid4()
         try:
             sent, notices = time.monotonic(), self._notices
-            terms = await self._lease_statement(account_id, lease_id, target)
+            terms = await self._lease_statement(account_id, lease_id, target, new=True)
             if terms is None or terms.added <= 0:
                 return
             lease = Lease(
@@ -313,10 +315,10 @@ class HoldKeeper:
         try:
             sent = time.monotonic()
             terms = await self._lease_statement(
-                lease.account_id, lease.lease_id, lease.target - lease.free
+                lease.account_id, lease.lease_id, lease.target - lease.free, new=False
             )
-            if terms is None:
-                self.leases.retire(lease.account_id)
+            if terms is None:  # its row is gone (swept, or given back meanwhile)
+                self.leases.retire_lease(lease)
             else:
                 self.leases.extended(lease, terms, self._valid_until(sent))
         except Exception:
@@ -325,7 +327,7 @@ class HoldKeeper:
             lease.extending = False
 
     async def _lease_statement(
-        self, account_id: uuid.UUID, lease_id: uuid.UUID, amount: Decimal
+        self, account_id: uuid.UUID, lease_id: uuid.UUID, amount: Decimal, *, new: bool
     ) -> repository.LeaseTerms | None:
         LEASE_STATEMENTS.inc()
         async with (await self._driver()).acquire() as driver:
@@ -334,6 +336,7 @@ class HoldKeeper:
                 account_id,
                 lease_id,
                 amount,
+                new=new,
                 share=LEASE_SHARE,
                 lease_seconds=self._lease,
             )
@@ -373,7 +376,10 @@ class HoldKeeper:
             self.leases.retire(account_id)
 
     def _deaf(self, _: object) -> None:
-        # Changes made while not listening would go unheard: no lease is granted from.
+        # Changes made while not listening would go unheard: no lease is granted from, and
+        # none whose statement ran before is used (as if every account had changed).
+        self._notices += 1
+        self._forgotten = self._notices
         self.leases.retire_all()
 
     async def _listen(self) -> None:
@@ -388,9 +394,26 @@ class HoldKeeper:
         listener.add_termination_listener(self._deaf)
         self._listener = listener
 
+    async def _heard(self) -> bool:
+        """Whether the listening connection answers: a half-open one (a NAT's idle timeout, a
+        failover without a reset) is closed, else its notices would be missed unnoticed."""
+        assert self._listener is not None
+        try:
+            async with asyncio.timeout(HEARTBEAT_TIMEOUT):
+                await self._listener.fetchval("SELECT 1")
+        except Exception:
+            self._listener.terminate()
+            self._deaf(None)
+            return False
+        return True
+
     async def _tend_leases(self) -> None:
+        beat = 0
         while True:
             try:
+                beat += 1
+                if self.leasing and beat % HEARTBEAT_EVERY == 0:
+                    await self._heard()
                 if not self.leasing:
                     self.leases.retire_all()
                     if self._listener is not None:
@@ -420,9 +443,11 @@ class HoldKeeper:
             if live:
                 sent = time.monotonic()
                 renewed = await repository.renew_holds(driver, live, self._lease)
-                for lease_id in renewed & leases.keys():
-                    lease = leases[lease_id]
-                    lease.valid_until = max(lease.valid_until, self._valid_until(sent))
+                for lease_id, lease in leases.items():
+                    if lease_id in renewed:
+                        lease.valid_until = max(lease.valid_until, self._valid_until(sent))
+                    else:  # swept meanwhile (this process was cut off for a lease's time)
+                        self.leases.retire_lease(lease)
             return await repository.sweep_expired_holds(driver)
 
     async def _maintain(self, interval: float) -> None:

@@ -122,7 +122,7 @@ class LeaseBook:
         if committed:
             lease.amount -= min(part, lease.amount)
         else:
-            self.retire(lease.account_id)
+            self.retire_lease(lease)
 
     def hold_placed(self, account_id: uuid.UUID, now: float) -> bool:
         """A per-request hold was granted; True when the account is now busy enough here to
@@ -154,7 +154,7 @@ class LeaseBook:
         lease.terms = terms
         lease.valid_until = max(lease.valid_until, valid_until)
         if terms.suspended:
-            self.retire(lease.account_id)
+            self.retire_lease(lease)
 
     def retire(self, account_id: uuid.UUID) -> Lease | None:
         """Stop granting from the account's lease (its terms changed, it idles, ...)."""
@@ -163,6 +163,11 @@ class LeaseBook:
             lease.state = LeaseState.RETIRING
             self.retiring[lease.lease_id] = lease
         return lease
+
+    def retire_lease(self, lease: Lease) -> None:
+        """Retire this lease, if it is still its account's active one."""
+        if self.leases.get(lease.account_id) is lease:
+            self.retire(lease.account_id)
 
     def retire_all(self) -> None:
         for account_id in list(self.leases):

@@ -71,6 +71,12 @@ async def append_entry(
     )
     if inserted is None:
         return None
+    if amount < 0:
+        # Credit taken away (a refund, a negative adjustment): every instance stops granting
+        # from its lease of the account, as for a change of its terms (migration 0013).
+        await session.execute(
+            text("SELECT pg_notify('tollgate_accounts', :id)"), {"id": str(account_id)}
+        )
     totals: dict[str, object] = {"balance": Account.balance + amount}
     if amount > 0:
         # Credit added: `credit.depleted` may fire again, and `credit.low` once available
@@ -625,9 +631,17 @@ def _outcome(row: asyncpg.Record, hold_id: uuid.UUID) -> HoldOutcome:
 
 RENEW_SQL = text(
     """
+    WITH live AS MATERIALIZED (
+        -- In (account, id) order, as settlements lock leases: a lease row is renewed and
+        -- shrunk all the time, and unordered locks of several could deadlock.
+        SELECT h.account_id, h.id FROM holds h
+        JOIN unnest(CAST(:account_ids AS uuid[]), CAST(:ids AS uuid[])) AS l(account_id, id)
+            ON h.account_id = l.account_id AND h.id = l.id
+        ORDER BY h.account_id, h.id
+        FOR UPDATE OF h
+    )
     UPDATE holds SET expires_at = now() + make_interval(secs => :lease)
-    FROM unnest(CAST(:account_ids AS uuid[]), CAST(:ids AS uuid[])) AS live(account_id, id)
-    WHERE holds.account_id = live.account_id AND holds.id = live.id
+    FROM live WHERE holds.account_id = live.account_id AND holds.id = live.id
     RETURNING holds.id
     """
 )
@@ -651,7 +665,9 @@ LEASE_SQL = text(
         WHERE id = :account_id AND (SELECT count(*) FROM current) >= 0  -- the lease row first
         FOR NO KEY UPDATE
     ), granted AS (
-        SELECT id, CASE WHEN suspended THEN 0
+        -- An extension of a lease that is gone (swept, given back) adds nothing: only a
+        -- new lease inserts its row.
+        SELECT id, CASE WHEN suspended OR NOT (:new OR EXISTS (SELECT 1 FROM current)) THEN 0
                         ELSE trunc(least(CAST(:amount AS numeric),
                                          greatest(balance - held, 0) * :share), 12) END AS amount
         FROM locked
@@ -668,6 +684,7 @@ LEASE_SQL = text(
         RETURNING 1
     )
     SELECT g.amount AS added, l.balance - l.held AS available, l.suspended,
+           :new OR EXISTS (SELECT 1 FROM current) AS lease_found,
            ARRAY(SELECT jsonb_object_keys(l.key_spend_limits)) AS limited_keys,
            l.user_limited, l.total_purchased, l.total_usage,
            (SELECT count(*) FROM leased) AS written,
@@ -768,19 +785,22 @@ async def extend_lease(
     lease_id: uuid.UUID,
     amount: Decimal,
     *,
+    new: bool,
     share: Decimal,
     lease_seconds: float,
 ) -> LeaseTerms | None:
-    """Take the lease `lease_id`, or add to it, by up to `amount`; None: no such account."""
+    """Take the lease `lease_id` (`new`), or add to it, by up to `amount`; None: no such
+    account, or (not `new`) no such lease any more."""
     params = {
         "account_id": account_id,
         "lease_id": lease_id,
         "amount": amount,
+        "new": new,
         "share": share,
         "lease": lease_seconds,
     }
     row = await driver.fetchrow(_LEASE.sql, *_LEASE.args(params))
-    if row is None:
+    if row is None or not row["lease_found"]:
         return None
     return LeaseTerms(
         added=row["added"],

@@ -9,6 +9,7 @@ A failed batch is retried: the write is idempotent, so a retry never charges twi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -100,6 +101,11 @@ class UsageWriter:
         self, settlements: Sequence[Settlement], futures: Sequence[asyncio.Future[None]]
     ) -> None:
         for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+            if attempt == 1:
+                # The failed attempt may have committed: a lease part taken again would shrink
+                # its lease twice. Without it, at worst the lease keeps a part it no longer
+                # needs, given back with the lease (the owner's book counts it as taken).
+                settlements = [without_lease_part(s) for s in settlements]
             try:
                 await self._commit(settlements)
             except SETTLEMENT_REFUSED as exc:
@@ -141,6 +147,12 @@ class UsageWriter:
             await self._connection.run(repository.ENSURE_PARTITION, month)
         self._months |= months
         await self._connection.settle(settlements)
+
+
+def without_lease_part(settlement: Settlement) -> Settlement:
+    if settlement.lease_part is None:
+        return settlement
+    return dataclasses.replace(settlement, hold_id=None, lease_part=None)
 
 
 def _resolve(futures: Sequence[asyncio.Future[None]], error: BaseException | None) -> None:

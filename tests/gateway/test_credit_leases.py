@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from hypothesis import given, settings
@@ -25,11 +26,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.credits import leases as leases_module
+from app.credits import repository
 from app.credits.holds import HoldKeeper
 from app.credits.leases import Lease, LeaseBook, LeaseState
-from app.credits.repository import LeaseTerms, SettlementConnection
-from app.db.engine import driver_dsn
+from app.credits.repository import LeaseTerms, SettlementConnection, append_entry
+from app.credits.schemas import LedgerKind
+from app.db.engine import create_sessionmaker, driver_dsn, unit_of_work
 from app.metering.schemas import Settlement
+from app.metering.writer import without_lease_part
 from tests.conftest import ADMIN_TOKEN, new_account_with_key
 from tests.support.process import GatewayProcess
 from tests.support.upstream import FakeUpstream
@@ -195,6 +199,81 @@ async def test_a_busy_account_is_leased_settled_through_the_lease_and_given_back
         await keeper.close()  # gives the lease back
     final = await account_totals(clean_db, account_id)
     assert final.held == final.hold_rows == 0 and final.balance == final.ledger == 100
+
+
+async def test_an_extension_never_brings_back_a_lease_that_is_gone(
+    clean_db: AsyncEngine,
+) -> None:
+    """A lease given back (or swept) while its owner's top-up was on its way: the top-up adds
+    nothing, and no row nobody renews is made."""
+    account_id = await _funded_account(clean_db, "40")
+    lease_id = uuid.uuid4()
+    driver = await asyncpg.connect(driver_dsn(clean_db))
+    try:
+        options = {"share": leases_module.LEASE_SHARE, "lease_seconds": 30.0}
+        taken = await repository.extend_lease(
+            driver, account_id, lease_id, Decimal(20), new=True, **options
+        )
+        assert taken is not None and taken.added == Decimal(10)  # a quarter of 40
+        grown = await repository.extend_lease(
+            driver, account_id, lease_id, Decimal(4), new=False, **options
+        )
+        assert grown is not None and grown.added == Decimal("4")
+        during = await account_totals(clean_db, account_id)
+        assert during.held == during.hold_rows == 14 and during.leases == 1
+        assert await repository.return_lease(driver, account_id, lease_id) == 14
+        late = await repository.extend_lease(
+            driver, account_id, lease_id, Decimal(4), new=False, **options
+        )
+        assert late is None
+    finally:
+        await driver.close()
+    after = await account_totals(clean_db, account_id)
+    assert after.held == after.hold_rows == 0 and after.leases == 0
+
+
+async def test_credit_taken_away_retires_the_lease(clean_db: AsyncEngine) -> None:
+    """A negative adjustment is heard like a change of terms: no hold is granted from the
+    lease after it (an operator's −100 on a 100 balance leaves nothing to lease from)."""
+    account_id = await _funded_account(clean_db, "100")
+    keeper = HoldKeeper(clean_db, lease_seconds=30)
+    keeper.start()
+    try:
+        for _ in range(200):
+            if keeper.leasing:
+                break
+            await asyncio.sleep(0.02)
+        outcomes = []
+        for _ in range(leases_module.BUSY_HOLDS_PER_SECOND + 20):
+            outcomes.append(await keeper.place(account_id, Decimal("0.01")))
+            await asyncio.sleep(0.001)
+        assert account_id in keeper.leases.leases
+        async with unit_of_work(create_sessionmaker(clean_db)) as session:
+            await append_entry(
+                session,
+                account_id=account_id,
+                kind=LedgerKind.ADJUSTMENT,
+                amount=Decimal("-100"),
+                reference="correction",
+            )
+        for _ in range(100):
+            if account_id not in keeper.leases.leases:
+                break
+            await asyncio.sleep(0.01)
+        assert account_id not in keeper.leases.leases
+        refused = await keeper.place(account_id, Decimal("0.01"))
+        assert not refused.granted and refused.lease is None
+    finally:
+        await keeper.close()
+
+
+def test_a_retried_settlement_takes_no_lease_part_again() -> None:
+    """The writer's retry of a batch that may have committed carries no lease part (taken
+    twice, it would shrink the lease twice)."""
+    lease = Settlement(uuid.uuid4(), uuid.uuid4(), None, Decimal("0.5"))
+    plain = Settlement(uuid.uuid4(), uuid.uuid4(), None)
+    assert without_lease_part(lease) == Settlement(lease.account_id, None, None, None)
+    assert without_lease_part(plain) is plain
 
 
 async def test_an_idle_lease_goes_back_by_itself(clean_db: AsyncEngine) -> None:
