@@ -349,9 +349,14 @@ class HoldKeeper:
     async def _give_back(self, account_id: uuid.UUID) -> bool:
         """Retire the account's lease here; True when it went back whole, now."""
         lease = self.leases.retire(account_id)
-        if lease is None or lease.requests:
+        if lease is None:
             return False
-        await self._return_lease(lease)
+        if lease.requests:
+            if lease.shrunk or lease.extending or lease.free <= 0:
+                return False
+            await self._shrink_lease(lease)
+        else:
+            await self._return_lease(lease)
         return True
 
     async def _return_lease(self, lease: Lease) -> None:
@@ -363,6 +368,19 @@ class HoldKeeper:
     async def _return_leases(self) -> None:
         for lease in self.leases.returnable():
             await self._return_lease(lease)
+        for lease in self.leases.shrinkable():
+            await self._shrink_lease(lease)
+
+    async def _shrink_lease(self, lease: Lease) -> None:
+        # No grant comes from a retired lease, and each settlement meanwhile lowers its amount
+        # and what is in flight alike: the free part sent is still free when it arrives.
+        lease.shrunk = True
+        LEASE_STATEMENTS.inc()
+        async with (await self._driver()).acquire() as driver:
+            returned = await repository.shrink_lease(
+                driver, lease.account_id, lease.lease_id, lease.free
+            )
+        lease.amount -= returned
 
     def _terms_changed(self, _: object, __: int, ___: str, payload: str) -> None:
         """A trigger's notice: the account's suspension, limits or tier changed."""

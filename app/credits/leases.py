@@ -59,6 +59,7 @@ class Lease:
     last_grant: float = 0.0
     state: LeaseState = LeaseState.ACTIVE
     extending: bool = False
+    shrunk: bool = False  # retired with requests in flight: its free part went back
 
     @property
     def free(self) -> Decimal:
@@ -183,6 +184,14 @@ class LeaseBook:
     def returnable(self) -> list[Lease]:
         """Retired leases with no request in flight: what they hold can go back."""
         return [lease for lease in self.retiring.values() if lease.requests == 0]
+
+    def shrinkable(self) -> list[Lease]:
+        """Retired leases with requests in flight whose free part can go back now."""
+        return [
+            lease
+            for lease in self.retiring.values()
+            if lease.requests and not lease.shrunk and not lease.extending and lease.free > 0
+        ]
 
     def returned(self, lease: Lease) -> None:
         self.retiring.pop(lease.lease_id, None)

@@ -694,6 +694,31 @@ LEASE_SQL = text(
     """
 )
 
+# Give back the free part of a retired lease whose requests are still in flight (a long
+# stream need not keep the rest of the slice from other requests); they settle against the rest.
+SHRINK_LEASE_SQL = text(
+    """
+    WITH lease_row AS MATERIALIZED (
+        SELECT account_id, id, least(amount, CAST(:amount AS numeric)) AS amount FROM holds
+        WHERE account_id = :account_id AND id = :lease_id AND lease
+        FOR UPDATE
+    ), shrunk AS (
+        UPDATE holds h SET amount = h.amount - r.amount
+        FROM lease_row r WHERE h.account_id = r.account_id AND h.id = r.id
+        RETURNING r.account_id, r.amount
+    ), locked AS MATERIALIZED (
+        SELECT id FROM accounts WHERE id IN (SELECT account_id FROM shrunk) FOR NO KEY UPDATE
+    ), released AS (
+        UPDATE accounts a SET held = a.held - s.amount
+        FROM shrunk s, locked WHERE a.id = s.account_id AND locked.id = a.id
+        RETURNING 1
+    )
+    SELECT coalesce((SELECT sum(amount) FROM shrunk), 0) AS returned,
+           (SELECT count(*) FROM released) AS moved,
+           set_config('synchronous_commit', 'off', true) AS commit_mode
+    """
+)
+
 # Give a lease back whole: its owner has no request in flight on it.
 RETURN_LEASE_SQL = text(
     """
@@ -752,6 +777,7 @@ _RENEW = DriverStatement.of(RENEW_SQL)
 _SWEEP = DriverStatement.of(SWEEP_SQL)
 _LEASE = DriverStatement.of(LEASE_SQL)
 _RETURN_LEASE = DriverStatement.of(RETURN_LEASE_SQL)
+_SHRINK_LEASE = DriverStatement.of(SHRINK_LEASE_SQL)
 
 
 async def renew_holds(
@@ -811,6 +837,15 @@ async def extend_lease(
         total_purchased=row["total_purchased"],
         total_usage=row["total_usage"],
     )
+
+
+async def shrink_lease(
+    driver: asyncpg.Connection, account_id: uuid.UUID, lease_id: uuid.UUID, amount: Decimal
+) -> Decimal:
+    """Release up to `amount` of a lease; returns what was released."""
+    params = {"account_id": account_id, "lease_id": lease_id, "amount": amount}
+    row = await driver.fetchrow(_SHRINK_LEASE.sql, *_SHRINK_LEASE.args(params))
+    return Decimal(row["returned"])
 
 
 async def return_lease(

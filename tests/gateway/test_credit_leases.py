@@ -276,6 +276,45 @@ def test_a_retried_settlement_takes_no_lease_part_again() -> None:
     assert without_lease_part(plain) is plain
 
 
+async def test_a_retired_lease_gives_back_its_free_part_while_requests_run(
+    clean_db: AsyncEngine,
+) -> None:
+    account_id = await _funded_account(clean_db, "100")
+    keeper = HoldKeeper(clean_db, lease_seconds=30)
+    keeper.start()
+    connection = SettlementConnection(driver_dsn(clean_db))
+    amount = Decimal("0.01")
+    try:
+        for _ in range(200):
+            if keeper.leasing:
+                break
+            await asyncio.sleep(0.02)
+        outcomes = []
+        for _ in range(leases_module.BUSY_HOLDS_PER_SECOND + 20):
+            outcomes.append(await keeper.place(account_id, amount))
+            await asyncio.sleep(0.001)
+        running = [o for o in outcomes if o.lease is not None]  # in flight, not settled
+        assert running
+        lease = running[0].lease
+        assert lease is not None and lease.free > 0
+        keeper.leases.retire(account_id)  # as a notice would
+        await keeper._return_leases()
+        during = await account_totals(clean_db, account_id)
+        placed = [o for o in outcomes if o.lease is None]
+        # What is left of the lease is exactly what its requests in flight hold.
+        assert during.held == during.hold_rows == amount * (len(running) + len(placed))
+        for outcome in outcomes:
+            part = amount if outcome.lease is not None else None
+            await connection.settle([Settlement(account_id, outcome.hold_id, None, part)])
+            keeper.settled(outcome.hold_id, outcome.lease, amount, committed=True)
+        await keeper._return_leases()
+        after = await account_totals(clean_db, account_id)
+        assert after.held == after.hold_rows == 0 and after.leases == 0
+    finally:
+        await connection.close()
+        await keeper.close()
+
+
 async def test_an_idle_lease_goes_back_by_itself(clean_db: AsyncEngine) -> None:
     account_id = await _funded_account(clean_db, "50")
     keeper = HoldKeeper(clean_db, lease_seconds=30)
