@@ -694,47 +694,44 @@ LEASE_SQL = text(
     """
 )
 
+# What a lease statement freed (the CTE `freed`: account_id, amount) leaves the account's
+# `held`, the account's row locked after the lease's.
+_UNHOLD_FREED = """
+    locked AS MATERIALIZED (
+        SELECT id FROM accounts WHERE id IN (SELECT account_id FROM freed) FOR NO KEY UPDATE
+    ), released AS (
+        UPDATE accounts a SET held = a.held - f.amount
+        FROM freed f, locked WHERE a.id = f.account_id AND locked.id = a.id
+        RETURNING 1
+    )
+    SELECT coalesce((SELECT sum(amount) FROM freed), 0) AS returned,
+           (SELECT count(*) FROM released) AS moved,
+           set_config('synchronous_commit', 'off', true) AS commit_mode
+"""
+
 # Give back the free part of a retired lease whose requests are still in flight (a long
 # stream need not keep the rest of the slice from other requests); they settle against the rest.
 SHRINK_LEASE_SQL = text(
-    """
+    f"""
     WITH lease_row AS MATERIALIZED (
         SELECT account_id, id, least(amount, CAST(:amount AS numeric)) AS amount FROM holds
         WHERE account_id = :account_id AND id = :lease_id AND lease
         FOR UPDATE
-    ), shrunk AS (
+    ), freed AS (
         UPDATE holds h SET amount = h.amount - r.amount
         FROM lease_row r WHERE h.account_id = r.account_id AND h.id = r.id
         RETURNING r.account_id, r.amount
-    ), locked AS MATERIALIZED (
-        SELECT id FROM accounts WHERE id IN (SELECT account_id FROM shrunk) FOR NO KEY UPDATE
-    ), released AS (
-        UPDATE accounts a SET held = a.held - s.amount
-        FROM shrunk s, locked WHERE a.id = s.account_id AND locked.id = a.id
-        RETURNING 1
-    )
-    SELECT coalesce((SELECT sum(amount) FROM shrunk), 0) AS returned,
-           (SELECT count(*) FROM released) AS moved,
-           set_config('synchronous_commit', 'off', true) AS commit_mode
+    ), {_UNHOLD_FREED}
     """
 )
 
 # Give a lease back whole: its owner has no request in flight on it.
 RETURN_LEASE_SQL = text(
-    """
-    WITH gone AS (
+    f"""
+    WITH freed AS (
         DELETE FROM holds WHERE account_id = :account_id AND id = :lease_id AND lease
         RETURNING account_id, amount
-    ), locked AS MATERIALIZED (
-        SELECT id FROM accounts WHERE id IN (SELECT account_id FROM gone) FOR NO KEY UPDATE
-    ), released AS (
-        UPDATE accounts a SET held = a.held - g.amount
-        FROM gone g, locked WHERE a.id = g.account_id AND locked.id = a.id
-        RETURNING 1
-    )
-    SELECT coalesce((SELECT sum(amount) FROM gone), 0) AS returned,
-           (SELECT count(*) FROM released) AS moved,
-           set_config('synchronous_commit', 'off', true) AS commit_mode
+    ), {_UNHOLD_FREED}
     """
 )
 

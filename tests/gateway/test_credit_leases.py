@@ -162,6 +162,15 @@ async def _funded_account(engine: AsyncEngine, balance: str) -> uuid.UUID:
     return account_id
 
 
+async def _listening(keeper: HoldKeeper) -> None:
+    """Until the keeper listens for changes: it takes no lease before."""
+    for _ in range(200):
+        if keeper.leasing:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the keeper never listened")
+
+
 async def test_a_busy_account_is_leased_settled_through_the_lease_and_given_back(
     clean_db: AsyncEngine,
 ) -> None:
@@ -170,10 +179,7 @@ async def test_a_busy_account_is_leased_settled_through_the_lease_and_given_back
     keeper.start()
     connection = SettlementConnection(driver_dsn(clean_db))
     try:
-        for _ in range(200):  # the listener connects first: no lease is taken before
-            if keeper.leasing:
-                break
-            await asyncio.sleep(0.02)
+        await _listening(keeper)
         amount = Decimal("0.01")
         outcomes = []
         for _ in range(leases_module.BUSY_HOLDS_PER_SECOND + 40):
@@ -239,10 +245,7 @@ async def test_credit_taken_away_retires_the_lease(clean_db: AsyncEngine) -> Non
     keeper = HoldKeeper(clean_db, lease_seconds=30)
     keeper.start()
     try:
-        for _ in range(200):
-            if keeper.leasing:
-                break
-            await asyncio.sleep(0.02)
+        await _listening(keeper)
         outcomes = []
         for _ in range(leases_module.BUSY_HOLDS_PER_SECOND + 20):
             outcomes.append(await keeper.place(account_id, Decimal("0.01")))
@@ -285,10 +288,7 @@ async def test_a_retired_lease_gives_back_its_free_part_while_requests_run(
     connection = SettlementConnection(driver_dsn(clean_db))
     amount = Decimal("0.01")
     try:
-        for _ in range(200):
-            if keeper.leasing:
-                break
-            await asyncio.sleep(0.02)
+        await _listening(keeper)
         outcomes = []
         for _ in range(leases_module.BUSY_HOLDS_PER_SECOND + 20):
             outcomes.append(await keeper.place(account_id, amount))
@@ -321,10 +321,7 @@ async def test_an_idle_lease_goes_back_by_itself(clean_db: AsyncEngine) -> None:
     keeper.start()
     connection = SettlementConnection(driver_dsn(clean_db))
     try:
-        for _ in range(200):
-            if keeper.leasing:
-                break
-            await asyncio.sleep(0.02)
+        await _listening(keeper)
         for _ in range(leases_module.BUSY_HOLDS_PER_SECOND + 10):
             outcome = await keeper.place(account_id, Decimal("0.02"))
             part = Decimal("0.02") if outcome.lease is not None else None
