@@ -221,10 +221,6 @@ class HoldKeeper:
         else:
             self._live.pop(hold_id, None)
 
-    def forget(self, hold_id: uuid.UUID) -> None:
-        """The hold was released by its settlement: stop renewing it."""
-        self._live.pop(hold_id, None)
-
     def start(self) -> None:
         # Renewing four times per lease survives a few slow or failed rounds.
         self._task = asyncio.create_task(self._maintain(self._lease / 4), name="hold-keeper")
@@ -347,7 +343,8 @@ class HoldKeeper:
         return sent + self._lease * 0.9
 
     async def _give_back(self, account_id: uuid.UUID) -> bool:
-        """Retire the account's lease here; True when it went back whole, now."""
+        """Retire the account's lease here; True when what it had free went back now (the
+        whole lease, or its free part while its requests run)."""
         lease = self.leases.retire(account_id)
         if lease is None:
             return False

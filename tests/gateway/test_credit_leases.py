@@ -12,6 +12,7 @@ import asyncio
 import shutil
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -29,7 +30,12 @@ from app.credits import leases as leases_module
 from app.credits import repository
 from app.credits.holds import HoldKeeper
 from app.credits.leases import Lease, LeaseBook, LeaseState
-from app.credits.repository import LeaseTerms, SettlementConnection, append_entry
+from app.credits.repository import (
+    HoldOutcome,
+    LeaseTerms,
+    SettlementConnection,
+    append_entry,
+)
 from app.credits.schemas import LedgerKind
 from app.db.engine import create_sessionmaker, driver_dsn, unit_of_work
 from app.metering.schemas import Settlement
@@ -162,47 +168,73 @@ async def _funded_account(engine: AsyncEngine, balance: str) -> uuid.UUID:
     return account_id
 
 
-async def _listening(keeper: HoldKeeper) -> None:
-    """Until the keeper listens for changes: it takes no lease before."""
-    for _ in range(200):
-        if keeper.leasing:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the keeper never listened")
+@pytest.fixture
+async def keeper(clean_db: AsyncEngine) -> AsyncIterator[HoldKeeper]:
+    """A keeper with leases on, once it listens for changes (it takes no lease before)."""
+    keeper = HoldKeeper(clean_db, lease_seconds=30)
+    keeper.start()
+    try:
+        for _ in range(200):
+            if keeper.leasing:
+                break
+            await asyncio.sleep(0.02)
+        assert keeper.leasing, "the keeper never listened"
+        yield keeper
+    finally:
+        await keeper.close()  # a second close (after a test's own) does nothing
+
+
+@pytest.fixture
+async def settlements(clean_db: AsyncEngine) -> AsyncIterator[SettlementConnection]:
+    connection = SettlementConnection(driver_dsn(clean_db))
+    yield connection
+    await connection.close()
+
+
+async def _busy(
+    keeper: HoldKeeper, account_id: uuid.UUID, amount: Decimal, n: int
+) -> list[HoldOutcome]:
+    """`n` holds one after the other, so that the lease statement runs meanwhile."""
+    outcomes = []
+    for _ in range(n):
+        outcomes.append(await keeper.place(account_id, amount))
+        await asyncio.sleep(0.001)
+    return outcomes
+
+
+async def _settle(
+    connection: SettlementConnection,
+    keeper: HoldKeeper,
+    account_id: uuid.UUID,
+    outcomes: list[HoldOutcome],
+    amount: Decimal,
+) -> None:
+    """Each hold's settlement, without an event, as the proxy hands it over."""
+    for outcome in outcomes:
+        part = amount if outcome.lease is not None else None
+        await connection.settle([Settlement(account_id, outcome.hold_id, None, part)])
+        keeper.settled(outcome.hold_id, outcome.lease, amount, committed=True)
 
 
 async def test_a_busy_account_is_leased_settled_through_the_lease_and_given_back(
-    clean_db: AsyncEngine,
+    clean_db: AsyncEngine, keeper: HoldKeeper, settlements: SettlementConnection
 ) -> None:
     account_id = await _funded_account(clean_db, "100")
-    keeper = HoldKeeper(clean_db, lease_seconds=30)
-    keeper.start()
-    connection = SettlementConnection(driver_dsn(clean_db))
-    try:
-        await _listening(keeper)
-        amount = Decimal("0.01")
-        outcomes = []
-        for _ in range(leases_module.BUSY_HOLDS_PER_SECOND + 40):
-            outcomes.append(await keeper.place(account_id, amount))
-            await asyncio.sleep(0.001)  # the lease statement runs meanwhile
-        leased = [o for o in outcomes if o.lease is not None]
-        assert leased, "a busy account is served from a lease"
-        lease = leased[0].lease
-        assert lease is not None
-        during = await account_totals(clean_db, account_id)
-        # The lease is one hold row, and `held` is the sum of the rows, as always.
-        assert during.leases == 1 and during.held == during.hold_rows
-        assert during.held <= Decimal(100) * leases_module.LEASE_SHARE + amount * len(outcomes)
-        for outcome in outcomes:
-            part = amount if outcome.lease is not None else None
-            await connection.settle([Settlement(account_id, outcome.hold_id, None, part)])
-            keeper.settled(outcome.hold_id, outcome.lease, amount, committed=True)
-        after = await account_totals(clean_db, account_id)
-        assert after.held == after.hold_rows == lease.amount > 0  # its free part, still out
-        assert lease.in_flight == 0
-    finally:
-        await connection.close()
-        await keeper.close()  # gives the lease back
+    amount = Decimal("0.01")
+    outcomes = await _busy(keeper, account_id, amount, leases_module.BUSY_HOLDS_PER_SECOND + 40)
+    leased = [o for o in outcomes if o.lease is not None]
+    assert leased, "a busy account is served from a lease"
+    lease = leased[0].lease
+    assert lease is not None
+    during = await account_totals(clean_db, account_id)
+    # The lease is one hold row, and `held` is the sum of the rows, as always.
+    assert during.leases == 1 and during.held == during.hold_rows
+    assert during.held <= Decimal(100) * leases_module.LEASE_SHARE + amount * len(outcomes)
+    await _settle(settlements, keeper, account_id, outcomes, amount)
+    after = await account_totals(clean_db, account_id)
+    assert after.held == after.hold_rows == lease.amount > 0  # its free part, still out
+    assert lease.in_flight == 0
+    await keeper.close()  # gives the lease back
     final = await account_totals(clean_db, account_id)
     assert final.held == final.hold_rows == 0 and final.balance == final.ledger == 100
 
@@ -238,36 +270,29 @@ async def test_an_extension_never_brings_back_a_lease_that_is_gone(
     assert after.held == after.hold_rows == 0 and after.leases == 0
 
 
-async def test_credit_taken_away_retires_the_lease(clean_db: AsyncEngine) -> None:
+async def test_credit_taken_away_retires_the_lease(
+    clean_db: AsyncEngine, keeper: HoldKeeper
+) -> None:
     """A negative adjustment is heard like a change of terms: no hold is granted from the
     lease after it (an operator's −100 on a 100 balance leaves nothing to lease from)."""
     account_id = await _funded_account(clean_db, "100")
-    keeper = HoldKeeper(clean_db, lease_seconds=30)
-    keeper.start()
-    try:
-        await _listening(keeper)
-        outcomes = []
-        for _ in range(leases_module.BUSY_HOLDS_PER_SECOND + 20):
-            outcomes.append(await keeper.place(account_id, Decimal("0.01")))
-            await asyncio.sleep(0.001)
-        assert account_id in keeper.leases.leases
-        async with unit_of_work(create_sessionmaker(clean_db)) as session:
-            await append_entry(
-                session,
-                account_id=account_id,
-                kind=LedgerKind.ADJUSTMENT,
-                amount=Decimal("-100"),
-                reference="correction",
-            )
-        for _ in range(100):
-            if account_id not in keeper.leases.leases:
-                break
-            await asyncio.sleep(0.01)
-        assert account_id not in keeper.leases.leases
-        refused = await keeper.place(account_id, Decimal("0.01"))
-        assert not refused.granted and refused.lease is None
-    finally:
-        await keeper.close()
+    await _busy(keeper, account_id, Decimal("0.01"), leases_module.BUSY_HOLDS_PER_SECOND + 20)
+    assert account_id in keeper.leases.leases
+    async with unit_of_work(create_sessionmaker(clean_db)) as session:
+        await append_entry(
+            session,
+            account_id=account_id,
+            kind=LedgerKind.ADJUSTMENT,
+            amount=Decimal("-100"),
+            reference="correction",
+        )
+    for _ in range(100):
+        if account_id not in keeper.leases.leases:
+            break
+        await asyncio.sleep(0.01)
+    assert account_id not in keeper.leases.leases
+    refused = await keeper.place(account_id, Decimal("0.01"))
+    assert not refused.granted and refused.lease is None
 
 
 def test_a_retried_settlement_takes_no_lease_part_again() -> None:
@@ -280,64 +305,43 @@ def test_a_retried_settlement_takes_no_lease_part_again() -> None:
 
 
 async def test_a_retired_lease_gives_back_its_free_part_while_requests_run(
-    clean_db: AsyncEngine,
+    clean_db: AsyncEngine, keeper: HoldKeeper, settlements: SettlementConnection
 ) -> None:
     account_id = await _funded_account(clean_db, "100")
-    keeper = HoldKeeper(clean_db, lease_seconds=30)
-    keeper.start()
-    connection = SettlementConnection(driver_dsn(clean_db))
     amount = Decimal("0.01")
-    try:
-        await _listening(keeper)
-        outcomes = []
-        for _ in range(leases_module.BUSY_HOLDS_PER_SECOND + 20):
-            outcomes.append(await keeper.place(account_id, amount))
-            await asyncio.sleep(0.001)
-        running = [o for o in outcomes if o.lease is not None]  # in flight, not settled
-        assert running
-        lease = running[0].lease
-        assert lease is not None and lease.free > 0
-        keeper.leases.retire(account_id)  # as a notice would
-        await keeper._return_leases()
-        during = await account_totals(clean_db, account_id)
-        placed = [o for o in outcomes if o.lease is None]
-        # What is left of the lease is exactly what its requests in flight hold.
-        assert during.held == during.hold_rows == amount * (len(running) + len(placed))
-        for outcome in outcomes:
-            part = amount if outcome.lease is not None else None
-            await connection.settle([Settlement(account_id, outcome.hold_id, None, part)])
-            keeper.settled(outcome.hold_id, outcome.lease, amount, committed=True)
-        await keeper._return_leases()
-        after = await account_totals(clean_db, account_id)
-        assert after.held == after.hold_rows == 0 and after.leases == 0
-    finally:
-        await connection.close()
-        await keeper.close()
+    outcomes = await _busy(keeper, account_id, amount, leases_module.BUSY_HOLDS_PER_SECOND + 20)
+    running = [o for o in outcomes if o.lease is not None]  # in flight, not settled
+    assert running
+    lease = running[0].lease
+    assert lease is not None and lease.free > 0
+    keeper.leases.retire(account_id)  # as a notice would
+    await keeper._return_leases()
+    during = await account_totals(clean_db, account_id)
+    placed = [o for o in outcomes if o.lease is None]
+    # What is left of the lease is exactly what its requests in flight hold.
+    assert during.held == during.hold_rows == amount * (len(running) + len(placed))
+    await _settle(settlements, keeper, account_id, outcomes, amount)
+    await keeper._return_leases()
+    after = await account_totals(clean_db, account_id)
+    assert after.held == after.hold_rows == 0 and after.leases == 0
 
 
-async def test_an_idle_lease_goes_back_by_itself(clean_db: AsyncEngine) -> None:
+async def test_an_idle_lease_goes_back_by_itself(
+    clean_db: AsyncEngine, keeper: HoldKeeper, settlements: SettlementConnection
+) -> None:
     account_id = await _funded_account(clean_db, "50")
-    keeper = HoldKeeper(clean_db, lease_seconds=30)
-    keeper.start()
-    connection = SettlementConnection(driver_dsn(clean_db))
-    try:
-        await _listening(keeper)
-        for _ in range(leases_module.BUSY_HOLDS_PER_SECOND + 10):
-            outcome = await keeper.place(account_id, Decimal("0.02"))
-            part = Decimal("0.02") if outcome.lease is not None else None
-            await connection.settle([Settlement(account_id, outcome.hold_id, None, part)])
-            keeper.settled(outcome.hold_id, outcome.lease, Decimal("0.02"), committed=True)
-        assert (await account_totals(clean_db, account_id)).leases == 1
-        deadline = time.monotonic() + leases_module.IDLE_SECONDS + 5
-        while time.monotonic() < deadline:
-            totals = await account_totals(clean_db, account_id)
-            if totals.leases == 0:
-                break
-            await asyncio.sleep(0.1)
-        assert totals.leases == 0 and totals.held == 0
-    finally:
-        await connection.close()
-        await keeper.close()
+    amount = Decimal("0.02")
+    for _ in range(leases_module.BUSY_HOLDS_PER_SECOND + 10):
+        outcome = await keeper.place(account_id, amount)
+        await _settle(settlements, keeper, account_id, [outcome], amount)
+    assert (await account_totals(clean_db, account_id)).leases == 1
+    deadline = time.monotonic() + leases_module.IDLE_SECONDS + 5
+    while time.monotonic() < deadline:
+        totals = await account_totals(clean_db, account_id)
+        if totals.leases == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert totals.leases == 0 and totals.held == 0
 
 
 # ── Gateway processes ─────────────────────────────────────────────────────────────────────────
