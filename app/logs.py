@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import queue
+import time
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
+from typing import Any
 
-from litestar.logging.standard import QueueListenerHandler
+from litestar.logging._utils import resolve_handlers
+
+# How long the listener lets records gather before it writes them: one wake-up and one write
+# per batch, not per request line (each wake-up takes the GIL from the event loop).
+BATCH_SECONDS = 0.02
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,11 +37,70 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-class RecordQueueHandler(QueueListenerHandler):
+class BatchListener(QueueListener):
+    """A queue listener that writes what has gathered in one go: at concurrency 32 the stdlib's
+    record-at-a-time listener woke, took the GIL and wrote (and flushed) once per request line,
+    about 5 % of the gateway's CPU. A line is written at most `BATCH_SECONDS` after it was
+    logged."""
+
+    def _monitor(self) -> None:
+        while True:
+            records = [self.dequeue(True)]
+            time.sleep(BATCH_SECONDS)
+            while True:
+                try:
+                    records.append(self.dequeue(False))
+                except queue.Empty:
+                    break
+            stop = self._sentinel in records
+            self._write([r for r in records if r is not self._sentinel])
+            for _ in records:
+                self.queue.task_done()
+            if stop:
+                return
+
+    def stop(self) -> None:
+        if self._thread is not None:  # also at exit, after a stop of its own
+            super().stop()
+
+    def _write(self, records: list[logging.LogRecord]) -> None:
+        for handler in self.handlers:
+            mine = [
+                r for r in records if not self.respect_handler_level or r.levelno >= handler.level
+            ]
+            if type(handler) is not logging.StreamHandler:
+                for record in mine:
+                    handler.handle(record)
+                continue
+            lines = []
+            for record in mine:
+                if handler.filter(record):
+                    try:
+                        lines.append(handler.format(record) + handler.terminator)
+                    except Exception:
+                        handler.handleError(record)
+            if lines:
+                with handler.lock:  # type: ignore[union-attr]
+                    try:
+                        handler.stream.write("".join(lines))
+                        handler.flush()
+                    except Exception:
+                        handler.handleError(records[-1])
+
+
+class RecordQueueHandler(QueueHandler):
     """Litestar's queue handler without formatting on the caller's thread: the stdlib's
     `prepare` formats every record before queueing it (for queues that pickle), which here put
     the text formatting of each request's line on the event loop. The queue is in process, so
-    the listener's thread formats instead."""
+    the listener's thread formats instead, in batches (`BatchListener`)."""
+
+    def __init__(self, handlers: list[Any] | None = None) -> None:
+        # As Litestar's `QueueListenerHandler`, which the logging config names this in place of.
+        super().__init__(queue.Queue(-1))
+        resolved = resolve_handlers(handlers) if handlers else [logging.StreamHandler()]
+        self.listener = BatchListener(self.queue, *resolved)
+        self.listener.start()
+        atexit.register(self.listener.stop)
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import Message, Scope
@@ -13,7 +13,7 @@ def request_id(scope: Scope) -> str:
     state = scope.setdefault("state", {})
     existing: str | None = state.get("request_id")
     if existing is None:
-        existing = _client_request_id(scope) or f"req_{uuid.uuid4().hex}"
+        existing = _client_request_id(scope) or f"req_{os.urandom(16).hex()}"
         state["request_id"] = existing
     return existing
 

@@ -1,5 +1,5 @@
-"""Fixed one-minute windows per account, counted in `limits`' storage: in process by default,
-in Redis when REDIS_URL is set so every instance shares one count.
+"""Fixed one-minute windows per account, counted in process by default (`Windows`), in Redis
+(`limits`' storage) when REDIS_URL is set so every instance shares one count.
 
 Keys do not depend on the tier, so a tier upgrade keeps the minute's count and raises the
 ceiling from the very next request. Tokens are reserved from the request's estimate before
@@ -27,11 +27,11 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from coredis.retry import NoRetryPolicy
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import Storage
 from limits.storage import storage_from_string
 from prometheus_client import Counter, Gauge
 
@@ -99,6 +99,52 @@ def _where(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
 
 
+class Counts(Protocol):
+    """What the limiter asks of a store: `limits`' storages (Redis) and `Windows`."""
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int: ...
+
+    async def get(self, key: str) -> int: ...
+
+    async def get_expiry(self, key: str) -> float: ...
+
+
+class Windows:
+    """This process's own counts, with the semantics of `limits`' storages (a window starts,
+    with its expiry, when an increment takes the count from zero), without their per-key
+    locks and expiry task: nothing here awaits, so no two calls interleave. At concurrency 32
+    `limits`' MemoryStorage was 5 % of the gateway's CPU."""
+
+    SWEEP_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._counts: dict[str, tuple[int, float]] = {}  # key → (count, expires at)
+        self._next_sweep = time.time() + self.SWEEP_SECONDS
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        now = time.time()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        entry = self._counts.get(key)
+        count = amount if entry is None or entry[1] <= now else entry[0] + amount
+        expires = now + expiry if count == amount or entry is None else entry[1]
+        self._counts[key] = (count, expires)
+        return count
+
+    async def get(self, key: str) -> int:
+        entry = self._counts.get(key)
+        return entry[0] if entry is not None and entry[1] > time.time() else 0
+
+    async def get_expiry(self, key: str) -> float:
+        now = time.time()
+        entry = self._counts.get(key)
+        return entry[1] if entry is not None and entry[1] > now else now
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + self.SWEEP_SECONDS
+        self._counts = {key: entry for key, entry in self._counts.items() if entry[1] > now}
+
+
 @dataclass(frozen=True, slots=True)
 class _Count:
     state: LimitState
@@ -113,7 +159,7 @@ class RateLimiter:
         timeout: float = REDIS_TIMEOUT_SECONDS,
         retry_seconds: float = REDIS_RETRY_SECONDS,
     ) -> None:
-        self._memory = MemoryStorage()
+        self._memory = Windows()
         self._shared: Storage | None = None
         self._where = ""
         if redis_url:
@@ -180,7 +226,7 @@ class RateLimiter:
     async def peek(self, account_id: uuid.UUID, tier: Tier) -> LimitState:
         return await self._run(lambda storage: self._peek(storage, account_id, tier))
 
-    async def _run(self, operation: Callable[[Storage], Awaitable[T]]) -> T:
+    async def _run(self, operation: Callable[[Counts], Awaitable[T]]) -> T:
         """`operation` on Redis while it answers in time, else on this process's counters."""
         shared = self._shared
         if shared is not None:
@@ -228,7 +274,7 @@ class RateLimiter:
             FALLBACK.dec()
             logger.info("Redis at %s answers again; rate limits are shared again", self._where)
 
-    async def _both(self, storage: Storage, first: Awaitable[T], second: Awaitable[T]) -> list[T]:
+    async def _both(self, storage: Counts, first: Awaitable[T], second: Awaitable[T]) -> list[T]:
         """Two calls: concurrently on Redis (one round trip's wait), one after the other in
         memory, where nothing waits and a gather's two tasks would only cost CPU."""
         if storage is self._memory:
@@ -236,7 +282,7 @@ class RateLimiter:
         return list(await asyncio.gather(first, second))
 
     async def _count(
-        self, storage: Storage, account_id: uuid.UUID, tier: Tier, tokens: int
+        self, storage: Counts, account_id: uuid.UUID, tier: Tier, tokens: int
     ) -> _Count:
         rpm_key, tpm_key = self._keys(account_id)
         requests, used_tokens = await self._both(
@@ -254,13 +300,13 @@ class RateLimiter:
         state = await self._state(storage, account_id, tier, requests - 1, used_tokens - tokens)
         return _Count(state, requests > tier.rpm)
 
-    async def _peek(self, storage: Storage, account_id: uuid.UUID, tier: Tier) -> LimitState:
+    async def _peek(self, storage: Counts, account_id: uuid.UUID, tier: Tier) -> LimitState:
         rpm_key, tpm_key = self._keys(account_id)
         requests, tokens = await self._both(storage, storage.get(rpm_key), storage.get(tpm_key))
         return await self._state(storage, account_id, tier, requests, tokens)
 
     async def _state(
-        self, storage: Storage, account_id: uuid.UUID, tier: Tier, requests: int, tokens: int
+        self, storage: Counts, account_id: uuid.UUID, tier: Tier, requests: int, tokens: int
     ) -> LimitState:
         rpm_key, tpm_key = self._keys(account_id)
         now = time.time()
