@@ -44,6 +44,8 @@ class BatchListener(QueueListener):
     logged."""
 
     def _monitor(self) -> None:
+        sentinel = getattr(self, "_sentinel", None)  # what `stop` enqueues (not in typeshed)
+        pending: queue.Queue[Any] = self.queue  # type: ignore[assignment]
         while True:
             records = [self.dequeue(True)]
             time.sleep(BATCH_SECONDS)
@@ -52,10 +54,10 @@ class BatchListener(QueueListener):
                     records.append(self.dequeue(False))
                 except queue.Empty:
                     break
-            stop = self._sentinel in records
-            self._write([r for r in records if r is not self._sentinel])
+            stop = sentinel in records
+            self._write([r for r in records if r is not sentinel])
             for _ in records:
-                self.queue.task_done()
+                pending.task_done()
             if stop:
                 return
 

@@ -102,7 +102,7 @@ def _where(url: str) -> str:
 class Counts(Protocol):
     """What the limiter asks of a store: `limits`' storages (Redis) and `Windows`."""
 
-    async def incr(self, key: str, expiry: float, amount: int = 1) -> int: ...
+    async def incr(self, key: str, expiry: int, amount: int = 1) -> int: ...
 
     async def get(self, key: str) -> int: ...
 
@@ -121,7 +121,7 @@ class Windows:
         self._counts: dict[str, tuple[int, float]] = {}  # key → (count, expires at)
         self._next_sweep = time.time() + self.SWEEP_SECONDS
 
-    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+    async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         now = time.time()
         if now >= self._next_sweep:
             self._sweep(now)
