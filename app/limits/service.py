@@ -179,6 +179,9 @@ class RateLimiter:
         self._sharing = self._shared is not None
         self._next_probe = 0.0
         self._probe: asyncio.Task[None] | None = None
+        # When Redis's windows end, as learnt from its answers (key → wall-clock time): the
+        # reset headers need them, and asking on every request was a second round trip.
+        self._expiries: dict[str, float] = {}
 
     @property
     def shared(self) -> bool:
@@ -291,6 +294,13 @@ class RateLimiter:
             storage.incr(tpm_key, WINDOW_SECONDS, tokens),
         )
         if requests <= tier.rpm and used_tokens <= tier.tpm:
+            if storage is not self._memory:
+                # A window that an increment started ends a minute from now.
+                now = time.time()
+                if requests == 1:
+                    self._expiries[rpm_key] = now + WINDOW_SECONDS
+                if used_tokens == tokens:
+                    self._expiries[tpm_key] = now + WINDOW_SECONDS
             return _Count(await self._state(storage, account_id, tier, requests, used_tokens), None)
         await self._both(
             storage,
@@ -299,6 +309,23 @@ class RateLimiter:
         )
         state = await self._state(storage, account_id, tier, requests - 1, used_tokens - tokens)
         return _Count(state, requests > tier.rpm)
+
+    async def _expiry(self, storage: Counts, rpm_key: str, tpm_key: str, now: float) -> list[float]:
+        """When the two windows end: Redis's as last learnt while that is still ahead (another
+        instance restarting a window early shows at worst the earlier reset), else asked."""
+        if storage is self._memory:
+            return await self._both(
+                storage, storage.get_expiry(rpm_key), storage.get_expiry(tpm_key)
+            )
+        known = self._expiries
+        rpm_expiry, tpm_expiry = known.get(rpm_key, 0.0), known.get(tpm_key, 0.0)
+        if rpm_expiry > now and tpm_expiry > now:
+            return [rpm_expiry, tpm_expiry]
+        if len(known) > 100_000:
+            known.clear()
+        asked = await self._both(storage, storage.get_expiry(rpm_key), storage.get_expiry(tpm_key))
+        known[rpm_key], known[tpm_key] = asked
+        return asked
 
     async def _peek(self, storage: Counts, account_id: uuid.UUID, tier: Tier) -> LimitState:
         rpm_key, tpm_key = self._keys(account_id)
@@ -310,9 +337,7 @@ class RateLimiter:
     ) -> LimitState:
         rpm_key, tpm_key = self._keys(account_id)
         now = time.time()
-        rpm_expiry, tpm_expiry = await self._both(
-            storage, storage.get_expiry(rpm_key), storage.get_expiry(tpm_key)
-        )
+        rpm_expiry, tpm_expiry = await self._expiry(storage, rpm_key, tpm_key, now)
         requests, tokens = max(0, requests), max(0, tokens)
         return LimitState(
             rpm=tier.rpm,

@@ -202,3 +202,42 @@ async def test_redis_holds_two_instances_to_one_limit(
         ]
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) == 20 and statuses.count(429) == 10, statuses
+
+
+async def test_redis_reset_headers_follow_the_window(redis_url: str) -> None:
+    """The reset times on Redis are learnt from the increment that starts a window (or asked
+    once), not asked on every request: they still count down with Redis's own expiry."""
+    import uuid
+
+    import coredis
+
+    from app.credits.tiers import Tier
+    from app.limits.service import RateLimiter
+
+    tier = Tier("test", Decimal(0), rpm=100, tpm=100_000)
+    account = uuid.uuid4()
+    limiter, other = RateLimiter(redis_url), RateLimiter(redis_url)
+    redis = coredis.Redis.from_url(redis_url)
+    try:
+        first = await limiter.admit(account, tier, 10)
+        await asyncio.sleep(1.2)
+        asked = await _ttl_calls(redis)
+        second = await limiter.admit(account, tier, 10)
+        assert await _ttl_calls(redis) == asked  # two increments, nothing else
+        joined = await other.admit(account, tier, 10)  # a window another instance started
+        assert await _ttl_calls(redis) == asked + 2
+        ttl = await redis.pttl(f"LIMITS:tollgate:rpm:{account}") / 1000  # limits' prefix
+        assert first.requests == 1 and joined.requests == 3
+        assert first.requests_reset > second.requests_reset + 1
+        for state in (second, joined):
+            assert abs(state.requests_reset - ttl) < 0.5
+            assert abs(state.tokens_reset - ttl) < 0.5
+    finally:
+        await redis.delete([f"LIMITS:tollgate:{kind}:{account}" for kind in ("rpm", "tpm")])
+        limiter.close()
+        other.close()
+
+
+async def _ttl_calls(redis: Any) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_ttl", {}).get("calls", 0))
