@@ -140,7 +140,7 @@ class Observer:
         if self.json_logs:
             logger.info("request", extra={"fields": fields})
         else:
-            logger.info(" ".join(f"{k}={v}" for k, v in fields.items() if v is not None))
+            logger.info("%s", _Line(fields))  # joined by the log's thread, off the event loop
 
     def _end_span(self, trail: RequestTrail) -> None:
         span = trail.span
@@ -169,6 +169,18 @@ class Observer:
 
             span.set_status(Status(StatusCode.ERROR))
         span.end()
+
+
+class _Line:
+    """`key=value …` of a request's log fields, made when the line is formatted."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.fields.items() if v is not None)
 
 
 def end_stage(span: Span | None, **attributes: Any) -> None:

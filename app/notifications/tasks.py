@@ -18,12 +18,13 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
+import asyncpg
 from prometheus_client import Counter as Metric
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from app.config import Settings
-from app.db.engine import unit_of_work
+from app.db.engine import driver_dsn, unit_of_work
 from app.db.job_state import JobName, lock_key
 from app.db.models import Account, NotificationDelivery, NotificationEvent, WebhookEndpoint
 from app.notifications import repository
@@ -40,6 +41,12 @@ LEASE_SECONDS = 60.0  # longer than an attempt: a lease outlives its send unless
 MAX_DELAY = timedelta(hours=6)
 DISPATCH_BATCH = 500  # events fanned out per transaction
 RECORD_EVERY = 0.02  # seconds: outcomes that finish this close together share a statement
+OUTBOX_CHANNEL = "tollgate_outbox"  # notified when an event enters the outbox (0014)
+# How often the outbox is read without a notice: for retries falling due, and, more often,
+# while the listening connection is down (SPEC 11: an event is sent within 5 s).
+POLL_SECONDS = 2.0
+UNHEARD_POLL_SECONDS = 0.5
+LISTEN_TIMEOUT = 5.0
 
 DELIVERIES = Metric(
     "tollgate_webhook_deliveries",
@@ -60,7 +67,7 @@ class NotificationWorker:
         sessionmaker: async_sessionmaker[AsyncSession],
         settings: Settings,
         *,
-        poll_seconds: float = 0.5,
+        poll_seconds: float = POLL_SECONDS,
         slots: int = 64,
         per_endpoint: int = 4,
     ) -> None:
@@ -78,6 +85,8 @@ class NotificationWorker:
         self._recorded = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._recorder: asyncio.Task[None] | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._unheard_since: float | None = None  # when listening last failed, for the log
 
     @property
     def email_on(self) -> bool:
@@ -104,16 +113,54 @@ class NotificationWorker:
             await asyncio.wait(self._sends, timeout=1)
         if self._client is not None:
             await self._client.close()
+        if self._listener is not None:
+            self._listener.terminate()
+            self._listener = None
 
     async def _run(self) -> None:
         while True:
+            heard = await self._listening()
+            self._wake.clear()  # before reading: a notice that comes meanwhile starts another
             try:
                 await self.run_once()
             except Exception:
                 logger.exception("notification worker failed; retrying")
-            self._wake.clear()
+            poll = self._poll if heard else min(self._poll, UNHEARD_POLL_SECONDS)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll)
+                await asyncio.wait_for(self._wake.wait(), poll)
+
+    async def _listening(self) -> bool:
+        """Whether the outbox's notices reach this worker, (re)connecting the listener if not."""
+        if self._listener is not None and not self._listener.is_closed():
+            return True
+        self._listener = None
+        engine = self._sessionmaker.kw["bind"]
+        try:
+            listener = await asyncpg.connect(
+                driver_dsn(engine),
+                timeout=LISTEN_TIMEOUT,
+                server_settings={"application_name": "tollgate-outbox"},
+            )
+            try:
+                await listener.add_listener(OUTBOX_CHANNEL, self._noticed)
+            except BaseException:
+                listener.terminate()
+                raise
+        except Exception as exc:
+            if self._unheard_since is None:
+                self._unheard_since = time.monotonic()
+                logger.warning(
+                    "outbox notices unheard (%s); reading it every %.1f s",
+                    exc,
+                    UNHEARD_POLL_SECONDS,
+                )
+            return False
+        self._listener = listener
+        self._unheard_since = None
+        return True
+
+    def _noticed(self, *_: object) -> None:
+        self._wake.set()
 
     async def run_once(self) -> int:
         """Fan out what is new and start the sends that are due; returns how many started."""
@@ -228,6 +275,11 @@ class NotificationWorker:
                 # Unrecorded, a delivery is sent again when its lease ends: at least once.
                 logger.exception("recording %d delivery attempts failed", len(batch))
             self._wake.set()  # the accounts' next deliveries may be due now
+            retries = [r.next_attempt_at for r in batch if r.next_attempt_at is not None]
+            if retries:  # and the soonest retry when it falls due, not at a later poll
+                delay = (min(retries) - datetime.now(UTC)).total_seconds()
+                if delay < self._poll:
+                    asyncio.get_running_loop().call_later(max(0.0, delay), self._wake.set)
 
     async def _post(self, endpoint: WebhookEndpoint, event: NotificationEvent) -> int:
         body = webhook_body(event)
