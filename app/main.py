@@ -105,6 +105,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
             auto_decompress=False,  # bytes are relayed as the upstream sent them
             skip_auto_headers=("User-Agent",),  # the client's own passes through
+            # One jar for every customer would send one's upstream cookies with another's
+            # requests; none are relayed back either (`_DROP_RESPONSE_HEADERS`).
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         observer = Observer(
             json_logs=settings.log_format is LogFormat.JSON,

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from app.gateway import requests as rq
-from app.gateway.metrics import REQUESTS, SPEND, TOKENS
+from app.gateway.metrics import REQUESTS, SPEND, TOKENS, labelled
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -101,16 +101,16 @@ class Observer:
             return
         trail.done = True
         status = str(trail.status)
-        REQUESTS.labels(trail.endpoint, trail.model, status).inc()
+        labelled(REQUESTS, trail.endpoint, trail.model, status).inc()
         if trail.cost is not None:
             model = trail.model
             if trail.prompt_tokens:
-                TOKENS.labels(model, "input").inc(trail.prompt_tokens)
+                labelled(TOKENS, model, "input").inc(trail.prompt_tokens)
             if trail.cached_tokens:
-                TOKENS.labels(model, "cached_input").inc(trail.cached_tokens)
+                labelled(TOKENS, model, "cached_input").inc(trail.cached_tokens)
             if trail.completion_tokens:
-                TOKENS.labels(model, "output").inc(trail.completion_tokens)
-            SPEND.labels(model, trail.currency or "").inc(float(trail.cost))
+                labelled(TOKENS, model, "output").inc(trail.completion_tokens)
+            labelled(SPEND, model, trail.currency or "").inc(float(trail.cost))
         duration_ms = round((time.monotonic() - trail.started) * 1000, 1)
         if logger.isEnabledFor(logging.INFO):
             self._log(trail, duration_ms)
