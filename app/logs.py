@@ -6,7 +6,9 @@ import atexit
 import json
 import logging
 import queue
+import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler, QueueListener
 from typing import Any
@@ -55,7 +57,10 @@ class BatchListener(QueueListener):
                 except queue.Empty:
                     break
             stop = sentinel in records
-            self._write([r for r in records if r is not sentinel])
+            try:
+                self._write([r for r in records if r is not sentinel])
+            except Exception:  # never let the thread end: the queue would grow, unwritten
+                traceback.print_exc(file=sys.stderr)
             for _ in records:
                 pending.task_done()
             if stop:
@@ -74,11 +79,12 @@ class BatchListener(QueueListener):
                 for record in mine:
                     handler.handle(record)
                 continue
-            lines = []
+            lines, written = [], []
             for record in mine:
                 if handler.filter(record):
                     try:
                         lines.append(handler.format(record) + handler.terminator)
+                        written.append(record)
                     except Exception:
                         handler.handleError(record)
             if lines:
@@ -87,7 +93,7 @@ class BatchListener(QueueListener):
                         handler.stream.write("".join(lines))
                         handler.flush()
                     except Exception:
-                        handler.handleError(records[-1])
+                        handler.handleError(written[-1])
 
 
 class RecordQueueHandler(QueueHandler):

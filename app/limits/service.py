@@ -274,6 +274,7 @@ class RateLimiter:
             return
         if not self._sharing and self._shared is shared:
             self._sharing = True
+            self._expiries.clear()  # a restarted Redis may have lost the windows
             FALLBACK.dec()
             logger.info("Redis at %s answers again; rate limits are shared again", self._where)
 

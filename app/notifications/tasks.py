@@ -46,7 +46,8 @@ OUTBOX_CHANNEL = "tollgate_outbox"  # notified when an event enters the outbox (
 # while the listening connection is down (SPEC 11: an event is sent within 5 s).
 POLL_SECONDS = 2.0
 UNHEARD_POLL_SECONDS = 0.5
-LISTEN_TIMEOUT = 5.0
+LISTEN_TIMEOUT = 2.0  # a connect that stalls must not hold up the fallback reads for long
+LISTEN_RETRY_SECONDS = (1.0, 30.0)  # between failed connects: doubling from the first to the second
 
 DELIVERIES = Metric(
     "tollgate_webhook_deliveries",
@@ -86,7 +87,9 @@ class NotificationWorker:
         self._loop: asyncio.Task[None] | None = None
         self._recorder: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
-        self._unheard_since: float | None = None  # when listening last failed, for the log
+        self._listen_after = 0.0  # monotonic time of the next connect, after failures
+        self._listen_backoff = LISTEN_RETRY_SECONDS[0]
+        self._unheard = False  # said once in the log per outage
 
     @property
     def email_on(self) -> bool:
@@ -130,10 +133,13 @@ class NotificationWorker:
                 await asyncio.wait_for(self._wake.wait(), poll)
 
     async def _listening(self) -> bool:
-        """Whether the outbox's notices reach this worker, (re)connecting the listener if not."""
+        """Whether the outbox's notices reach this worker, (re)connecting the listener if not
+        (at most once per back-off: a database refusing connections is not asked every round)."""
         if self._listener is not None and not self._listener.is_closed():
             return True
         self._listener = None
+        if time.monotonic() < self._listen_after:
+            return False
         engine = self._sessionmaker.kw["bind"]
         try:
             listener = await asyncpg.connect(
@@ -147,16 +153,20 @@ class NotificationWorker:
                 listener.terminate()
                 raise
         except Exception as exc:
-            if self._unheard_since is None:
-                self._unheard_since = time.monotonic()
+            self._listen_after = time.monotonic() + self._listen_backoff
+            self._listen_backoff = min(self._listen_backoff * 2, LISTEN_RETRY_SECONDS[1])
+            if not self._unheard:
+                self._unheard = True
                 logger.warning(
                     "outbox notices unheard (%s); reading it every %.1f s",
                     exc,
                     UNHEARD_POLL_SECONDS,
                 )
             return False
+        listener.add_termination_listener(self._noticed)  # lost: reconnect at the next round
         self._listener = listener
-        self._unheard_since = None
+        self._listen_backoff = LISTEN_RETRY_SECONDS[0]
+        self._unheard = False
         return True
 
     def _noticed(self, *_: object) -> None:

@@ -5,13 +5,14 @@ the corrections, included), reads and passing time."""
 from __future__ import annotations
 
 import asyncio
-import time
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from limits.aio.storage import MemoryStorage
+from limits.aio.storage import MemoryStorage, memory
 
+from app.limits import service
 from app.limits.service import WINDOW_SECONDS, Windows
 
 KEYS = ("tollgate:rpm:a", "tollgate:tpm:a", "tollgate:rpm:b")
@@ -28,8 +29,10 @@ step = st.one_of(
 @given(st.lists(step, max_size=60))
 def test_windows_count_as_limits_memory_storage(steps: list[tuple[str, str, int]]) -> None:
     clock = [1_000_000.0]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(time, "time", lambda: clock[0])
+    stopped = SimpleNamespace(time=lambda: clock[0])
+    with pytest.MonkeyPatch.context() as patch:  # the two stores' clocks, not the process's
+        patch.setattr(service, "time", stopped)
+        patch.setattr(memory, "time", stopped)
         asyncio.run(_compare(steps, clock))
 
 

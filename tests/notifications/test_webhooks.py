@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import create_sessionmaker
 from app.notifications.tasks import NotificationWorker
-from tests.conftest import ADMIN_TOKEN, make_settings, new_account_with_key
+from tests.conftest import ADMIN_TOKEN, Gateways, make_settings, new_account_with_key
 from tests.gateway.conftest import FIXTURE_PRICING
 from tests.support.live import LiveServer
 from tests.support.process import GatewayProcess
@@ -315,27 +315,32 @@ async def test_a_purchase_that_raises_the_tier_says_so_and_a_grant_does_not(
 
 
 async def test_an_event_is_sent_on_the_outbox_notice_not_at_the_next_poll(
-    gateway: LiveServer,
-    admin: httpx.AsyncClient,
-    engine: AsyncEngine,
+    gateways: Gateways,
+    clean_db: AsyncEngine,
     database_url: str,
     receiver: tuple[WebhookReceiver, LiveServer],
 ) -> None:
     """A worker that would read the outbox only once a minute still sends an event at once:
-    the insert's notice (`LISTEN tollgate_outbox`) wakes it."""
+    the insert's notice (`LISTEN tollgate_outbox`) wakes it. No other worker runs meanwhile."""
+    gateways.stop_all()  # earlier tests' gateways, some with workers of their own
+    gateway = gateways.get()  # without one
     hook, server = receiver
-    hook.secret = (await _endpoint(admin, f"{server.url}/hooks"))["secret"]
-    account, _ = await new_account_with_key(admin)
     worker = NotificationWorker(
-        create_sessionmaker(engine), make_settings(database_url), poll_seconds=60
+        create_sessionmaker(clean_db), make_settings(database_url), poll_seconds=60
     )
     worker.start()
     try:
-        await asyncio.sleep(1)  # its first read is done: it waits for a notice, or a minute
-        started = time.monotonic()
-        await admin.post(f"/admin/accounts/{account['id']}/suspend", json={})
-        await hook.wait_for(1, seconds=10)
-        assert time.monotonic() - started < 5
+        async with httpx.AsyncClient(
+            base_url=gateway.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+        ) as admin:
+            hook.secret = (await _endpoint(admin, f"{server.url}/hooks"))["secret"]
+            account, _ = await new_account_with_key(admin)
+            await asyncio.sleep(1)  # its first read is done: it waits for a notice, or a minute
+            assert worker._listener is not None and not worker._listener.is_closed()
+            started = time.monotonic()
+            await admin.post(f"/admin/accounts/{account['id']}/suspend", json={})
+            await hook.wait_for(1, seconds=10)
+            assert time.monotonic() - started < 5
         assert hook.types() == ["account.suspended"]
     finally:
         await worker.close()
