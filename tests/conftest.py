@@ -111,6 +111,12 @@ class Gateways:
     def stop_all(self) -> None:
         for server in self._running.values():
             server.stop()
+        self._running.clear()
+
+    def stop_notifying(self) -> None:
+        """Stop the gateways whose outbox worker runs (a test that must be the only sender)."""
+        for key in [k for k in self._running if ("TOLLGATE_NOTIFICATIONS", "True") in k]:
+            self._running.pop(key).stop()
 
 
 @pytest.fixture(scope="session")
