@@ -314,18 +314,17 @@ class RateLimiter:
     async def _expiry(self, storage: Counts, rpm_key: str, tpm_key: str, now: float) -> list[float]:
         """When the two windows end: Redis's as last learnt while that is still ahead (another
         instance restarting a window early shows at worst the earlier reset), else asked."""
-        if storage is self._memory:
-            return await self._both(
-                storage, storage.get_expiry(rpm_key), storage.get_expiry(tpm_key)
-            )
+        shared = storage is not self._memory
         known = self._expiries
-        rpm_expiry, tpm_expiry = known.get(rpm_key, 0.0), known.get(tpm_key, 0.0)
-        if rpm_expiry > now and tpm_expiry > now:
-            return [rpm_expiry, tpm_expiry]
-        if len(known) > 100_000:
-            known.clear()
+        if shared:
+            rpm_expiry, tpm_expiry = known.get(rpm_key, 0.0), known.get(tpm_key, 0.0)
+            if rpm_expiry > now and tpm_expiry > now:
+                return [rpm_expiry, tpm_expiry]
         asked = await self._both(storage, storage.get_expiry(rpm_key), storage.get_expiry(tpm_key))
-        known[rpm_key], known[tpm_key] = asked
+        if shared:
+            if len(known) > 100_000:
+                known.clear()
+            known[rpm_key], known[tpm_key] = asked
         return asked
 
     async def _peek(self, storage: Counts, account_id: uuid.UUID, tier: Tier) -> LimitState:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
+import coredis
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.credits.tiers import Tier
+from app.limits.service import RateLimiter
 from tests.conftest import ADMIN_TOKEN, Gateways, new_account_with_key
 from tests.gateway.conftest import FIXTURE_PRICING, events, totals
 from tests.support.live import LiveServer
@@ -207,13 +211,6 @@ async def test_redis_holds_two_instances_to_one_limit(
 async def test_redis_reset_headers_follow_the_window(redis_url: str) -> None:
     """The reset times on Redis are learnt from the increment that starts a window (or asked
     once), not asked on every request: they still count down with Redis's own expiry."""
-    import uuid
-
-    import coredis
-
-    from app.credits.tiers import Tier
-    from app.limits.service import RateLimiter
-
     tier = Tier("test", Decimal(0), rpm=100, tpm=100_000)
     account = uuid.uuid4()
     limiter, other = RateLimiter(redis_url), RateLimiter(redis_url)
