@@ -20,6 +20,15 @@ from litestar.logging._utils import resolve_handlers
 BATCH_SECONDS = 0.02
 
 
+def lean_records() -> None:
+    """Leave out of every log record what neither format here shows: its thread and its
+    process's id and name (the Logging HOWTO's "Optimization"). `os.getpid()` alone, a system
+    call per request line, was about 1 % of the gateway's CPU at concurrency 32."""
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 class JsonFormatter(logging.Formatter):
     """`time`, `level`, `logger`, `message`, and a record's `fields` (the request line's) merged
     in at the top level."""

@@ -42,7 +42,7 @@ from app.health import healthz
 from app.invoices.routes import admin_invoice_routes, invoice_routes
 from app.jobs import Scheduler, billing_jobs, default_jobs
 from app.limits.service import RateLimiter
-from app.logs import JsonFormatter, RecordQueueHandler
+from app.logs import JsonFormatter, RecordQueueHandler, lean_records
 from app.metering.routes import get_generation, ingest_events
 from app.metering.writer import UsageWriter
 from app.middleware import add_request_id
@@ -163,6 +163,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await engine.dispose()
             observer.close()
 
+    lean_records()
     json_logging: dict[str, Any] = (
         {"formatters": {"standard": {"()": JsonFormatter}}}
         if settings.log_format is LogFormat.JSON

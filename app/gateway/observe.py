@@ -137,10 +137,25 @@ class Observer:
             "currency": trail.currency,
             "duration_ms": duration_ms,
         }
+        # The record made here, not by `logger.info`: it would walk the stack for the caller's
+        # file, which is always this one.
         if self.json_logs:
-            logger.info("request", extra={"fields": fields})
-        else:
-            logger.info("%s", _Line(fields))  # joined by the log's thread, off the event loop
+            record = logger.makeRecord(
+                logger.name,
+                logging.INFO,
+                __file__,
+                0,
+                "request",
+                (),
+                None,
+                "_log",
+                {"fields": fields},
+            )
+        else:  # joined by the log's thread, off the event loop
+            record = logger.makeRecord(
+                logger.name, logging.INFO, __file__, 0, "%s", (_Line(fields),), None, "_log"
+            )
+        logger.handle(record)
 
     def _end_span(self, trail: RequestTrail) -> None:
         span = trail.span

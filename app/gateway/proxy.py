@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 import uuid
@@ -20,13 +21,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import msgspec
 from litestar import Request
 from litestar.datastructures import UploadFile
 from litestar.exceptions import InternalServerException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.accounts.auth import KeyAuthenticator, Principal
@@ -196,12 +198,13 @@ class Gateway:
         self, request: Request[Any, Any, Any], endpoint: str, trail: RequestTrail
     ) -> ASGIApp:
         started = trail.started
-        principal = await self.authenticator.authenticate(request.headers.get("authorization"))
+        principal = await self.authenticator.authenticate(_header(request.scope, b"authorization"))
         trail.account_id, trail.key_prefix = principal.account_id, principal.prefix
-        raw = await _read_body(request)
         if endpoint == rq.TRANSCRIPTIONS:
+            raw = await _read_form_body(request)
             proxy_request = await _inspect_multipart(request)
         else:
+            raw = await _read_body(request)
             proxy_request = await _inspect(endpoint, raw, self.settings.default_max_tokens)
         # Unpriced models, and models the key may not use, are refused before anything is
         # held or forwarded.
@@ -359,11 +362,13 @@ class Gateway:
     @staticmethod
     def _upstream_headers(call: Call, request: Request[Any, Any, Any]) -> list[tuple[str, str]]:
         is_json = call.request.body is not None
+        # Straight from the scope (ASGI servers give names in lower case): a Litestar `Headers`
+        # is built anew on each access to `request.headers`.
         headers = [
-            (name, value)
-            for name, value in request.headers.items()
-            if name.lower() not in _DROP_REQUEST_HEADERS
-            and not (is_json and name.lower() == "content-type")
+            (name, raw_value.decode("latin-1"))
+            for raw_name, raw_value in request.scope["headers"]
+            if (name := raw_name.decode("latin-1")) not in _DROP_REQUEST_HEADERS
+            and not (is_json and name == "content-type")
         ]
         if is_json:
             # Whatever the client declared, the body was parsed as JSON (and may be re-encoded).
@@ -567,13 +572,50 @@ class Gateway:
         )
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a request header, by its lower-case name."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 async def _read_body(request: Request[Any, Any, Any]) -> bytes:
+    """The whole body, as Litestar's `Request.body` reads it (the route's size limit on the
+    announced length, then on what arrives) without its header parsing and generator; a JSON
+    body is read once, here, and never again through Litestar."""
+    limit = request.route_handler.resolve_request_max_body_size() or math.inf
+    announced = _header(request.scope, b"content-length")
+    if announced is not None and announced.isdigit() and int(announced) > limit:
+        raise RequestEntityTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":  # the only other one is `http.disconnect`
+            _left(request)
+        chunk = message["body"]
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise RequestEntityTooLarge
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _read_form_body(request: Request[Any, Any, Any]) -> bytes:
+    """Through Litestar, which keeps it for `request.form()`."""
     try:
         return await request.body()
-    except InternalServerException:
-        # Litestar's only one while reading a body: the client disconnected. Nothing is held.
-        logger.debug("client left before its request body was read (%s)", request_id(request.scope))
-        raise ClientDisconnected("The client disconnected before sending its request.") from None
+    except InternalServerException:  # Litestar's only one while reading a body
+        _left(request)
+
+
+def _left(request: Request[Any, Any, Any]) -> NoReturn:
+    # Nothing is held yet: the client just never sees an answer.
+    logger.debug("client left before its request body was read (%s)", request_id(request.scope))
+    raise ClientDisconnected("The client disconnected before sending its request.") from None
 
 
 async def _inspect(endpoint: str, raw: bytes, default_max_tokens: int) -> rq.ProxyRequest:

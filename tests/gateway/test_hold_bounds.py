@@ -9,6 +9,7 @@ import base64
 import json
 import re
 import socket
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.gateway import tokens
 from app.gateway.relay import SseInspector
 from app.gateway.usage import delivered_tokens
-from tests.conftest import new_account_with_key
-from tests.gateway.conftest import events, totals
+from tests.conftest import ADMIN_TOKEN, Gateways, new_account_with_key
+from tests.gateway.conftest import FIXTURE_PRICING, events, totals
 from tests.support import openai_count
 from tests.support.live import LiveServer
 from tests.support.upstream import TOOL_NAME, FakeUpstream, tool_call_arguments
@@ -435,6 +436,44 @@ async def test_a_client_gone_before_its_body_is_read_gets_no_500_and_holds_nothi
     assert upstream.requests == []
     after = await totals(clean_db, funded[0]["id"])
     assert after.balance == Decimal("10.00") and after.held == 0 and after.holds == 0
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["content-length", "chunked"])
+async def test_a_body_over_the_limit_is_413_and_nothing_is_held_or_forwarded(
+    gateways: Gateways,
+    upstream: FakeUpstream,
+    clean_db: AsyncEngine,
+    announced: bool,
+) -> None:
+    upstream.reset()
+    small = gateways.get(
+        UPSTREAM_BASE_URL=upstream.url,
+        TOLLGATE_PRICING_DIR=FIXTURE_PRICING,
+        TOLLGATE_MAX_REQUEST_BYTES="2048",
+    )
+    async with httpx.AsyncClient(base_url=small.url, timeout=30) as admin:
+        admin.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        account, key = await new_account_with_key(admin, credit="10.00")
+    body = json.dumps(
+        {"model": "llama-3.3-70b", "messages": [{"role": "user", "content": "x" * 4096}]}
+    ).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:  # no content-length: sent chunked
+        for start in range(0, len(body), 1000):
+            yield body[start : start + 1000]
+
+    async with httpx.AsyncClient(base_url=small.url, timeout=30) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            content=body if announced else chunks(),
+            headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
+        )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert upstream.requests == []
+    after = await totals(clean_db, account["id"])
+    assert (after.balance, after.held, after.holds) == (Decimal("10.00"), 0, 0)
+    assert await events(clean_db, account["id"]) == []
 
 
 def _wav_of(seconds: int, rate: int) -> bytes:
