@@ -11,7 +11,6 @@ event is part of it whenever the upstream produced output.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -436,21 +435,28 @@ class Gateway:
                 return RequestOutcome.UPSTREAM_BROKEN
             return RequestOutcome.COMPLETED
 
+        client_left = False
+
+        async def watch(receive: Receive) -> None:
+            # The client leaving closes the upstream response, which cancels the upstream
+            # request and wakes the relay's read with an error: the relay runs in the request's
+            # own task, and this is its only companion.
+            nonlocal client_left
+            await _disconnected(receive)
+            client_left = True
+            response.close()
+
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             outcome = RequestOutcome.CLIENT_DISCONNECTED
             try:
                 await send({"type": "http.response.start", "status": status, "headers": headers})
-                relay = asyncio.create_task(pump(send))
-                disconnect = asyncio.create_task(_disconnected(receive))
-                await asyncio.wait({relay, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-                disconnect.cancel()
-                if relay.done():
-                    outcome = relay.result()
-                else:
-                    # The client left: stop reading, which cancels the upstream request below.
-                    relay.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await relay
+                watcher = asyncio.create_task(watch(receive))
+                try:
+                    relayed = await pump(send)
+                finally:
+                    watcher.cancel()  # before the response ends, which `receive` would report
+                if not client_left:
+                    outcome = relayed
             finally:
                 if outcome == RequestOutcome.COMPLETED:
                     response.release()

@@ -34,14 +34,35 @@ class SseInspector:
     def feed(self, chunk: bytes) -> bytes:
         """Complete events of `chunk` (plus what was pending) to forward now."""
         data = self._pending + chunk if self._pending else chunk
+        if b"\r" in data:
+            return self._feed_framed(data)
+        # The usual framing, a blank line of "\n\n" after each event: split in C, and while no
+        # event changes (the client sees all of them but `[DONE]`), forwarded in one slice.
+        *events, self._pending = data.split(b"\n\n")
+        changed = False
+        out: list[bytes] = []
+        for index, event in enumerate(events):
+            replaced = self._event(event)
+            if replaced is None:
+                if changed:
+                    out.append(event + b"\n\n")
+                continue
+            if not changed:
+                changed = True
+                out = [earlier + b"\n\n" for earlier in events[:index]]
+            out.append(replaced)
+        if changed:
+            return b"".join(out)
+        return data[: len(data) - len(self._pending)]
+
+    def _feed_framed(self, data: bytes) -> bytes:
+        """`feed` for events ended by any blank line, "\r\n" line ends included."""
         end = 0
         out: list[bytes] = []
         for match in _EVENT_END.finditer(data):
-            event = data[end : match.end()]
+            replaced = self._event(data[end : match.start()])
+            out.append(data[end : match.end()] if replaced is None else replaced)
             end = match.end()
-            forwarded = self._event(event)
-            if forwarded:
-                out.append(forwarded)
         self._pending = data[end:]
         return b"".join(out)
 
@@ -50,21 +71,24 @@ class SseInspector:
         rest, self._pending = self._pending, b""
         if not rest.strip():
             return b""
-        return self._event(rest + b"\n\n")
+        replaced = self._event(rest)
+        return rest + b"\n\n" if replaced is None else replaced
 
-    def _event(self, event: bytes) -> bytes:
+    def _event(self, event: bytes) -> bytes | None:
+        """What to forward instead of `event` (its blank line left off): None for the event as
+        it came, b"" for nothing."""
         payload = _data_of(event)
         if payload is None:
-            return event  # comments, `event:`/`id:` only, keep-alives: pass through
+            return None  # comments, `event:`/`id:` only, keep-alives: pass through
         if payload == b"[DONE]":
             self.saw_done = True
             return b""
         try:
             chunk = _decode(payload)
         except (msgspec.DecodeError, RecursionError):
-            return event
+            return None
         if not isinstance(chunk, dict):
-            return event
+            return None
         for key in ("id", "object", "created", "model"):
             if key in chunk:
                 self.head[key] = chunk[key]
@@ -75,12 +99,12 @@ class SseInspector:
             if choices:
                 self.events += 1
         if "usage" not in chunk:
-            return event
+            return None
         usage = chunk["usage"]
         if isinstance(usage, dict):
             self.usage = usage
         if self.client_wants_usage:
-            return event
+            return None
         if not choices:
             return b""  # the usage-only chunk the client did not ask for
         del chunk["usage"]
@@ -104,6 +128,8 @@ class SseInspector:
 
 
 def _data_of(event: bytes) -> bytes | None:
+    if event.startswith(b"data:") and b"\n" not in event:  # one line: the usual event
+        return event[5:].removeprefix(b" ")
     lines = [line for line in event.splitlines() if line.startswith(b"data:")]
     if not lines:
         return None
