@@ -474,12 +474,16 @@ class Gateway:
                 failure = _STREAM_FAILURES[outcome]
                 await send({"type": "http.response.body", "body": failure, "more_body": False})
                 return
+            # What follows the commit goes in the last message: one write with the end of the
+            # chunked body, not one each.
+            last = []
             if call.request.wants_receipt and usage is not None and charge is not None:
-                chunk = inspector.usage_chunk(_usage_with_receipt(inspector.usage, usage, charge))
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                last.append(
+                    inspector.usage_chunk(_usage_with_receipt(inspector.usage, usage, charge))
+                )
             if inspector.saw_done:
-                await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                last.append(DONE_EVENT)
+            await send({"type": "http.response.body", "body": b"".join(last), "more_body": False})
 
         return app
 
