@@ -129,8 +129,12 @@ class NotificationWorker:
             except Exception:
                 logger.exception("notification worker failed; retrying")
             poll = self._poll if heard else min(self._poll, UNHEARD_POLL_SECONDS)
+            # `asyncio.timeout`, not `wait_for`: on Python 3.11 a `wait_for` whose wait ends
+            # as the task is cancelled (a recorded outcome sets `_wake` just as `close` cancels)
+            # swallows the cancellation, and `close` then waited for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), poll)
+                async with asyncio.timeout(poll):
+                    await self._wake.wait()
 
     async def _listening(self) -> bool:
         """Whether the outbox's notices reach this worker, (re)connecting the listener if not

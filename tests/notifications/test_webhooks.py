@@ -348,3 +348,27 @@ async def test_an_event_is_sent_on_the_outbox_notice_not_at_the_next_poll(
         assert hook.types() == ["account.suspended"]
     finally:
         await worker.close()
+
+
+async def test_close_ends_a_worker_woken_as_it_is_cancelled(
+    clean_db: AsyncEngine, database_url: str
+) -> None:
+    """Woken and cancelled within the same few turns of the event loop (a recorded outcome
+    wakes the worker as the gateway shuts down), the worker still stops: each number of turns
+    between the two is tried, since which one hits the window depends on the wait's insides."""
+    for turns in range(8):
+        worker = NotificationWorker(
+            create_sessionmaker(clean_db), make_settings(database_url), poll_seconds=60
+        )
+        worker.start()
+        await asyncio.sleep(0.3)  # its first read is done: it waits for a wake-up
+        worker.nudge()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        closing = asyncio.ensure_future(worker.close())
+        # A swallowed cancellation lets the worker's loop go on, and `close` wait for it (a
+        # minute, the next poll, and then for ever): not a measure of speed, a hang.
+        await asyncio.wait({closing}, timeout=5)
+        if not closing.done():
+            closing.cancel()  # cancels the loop it awaits as well
+        assert closing.done() and not closing.cancelled(), f"close hung after {turns} turns"
