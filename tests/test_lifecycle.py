@@ -185,10 +185,11 @@ def test_sigterm_to_serves_group_stops_everything(
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                 break
         time.sleep(0.1)
-    [postgres] = [line for line in _processes_under(data_dir) if "/pg " in line]
+    # The postmaster by its pid file: a backend forked a moment ago still has its command line.
+    postmaster = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
 
     if whole_cgroup:
-        os.kill(int(postgres.split(":")[0]), signal.SIGTERM)
+        os.kill(postmaster, signal.SIGTERM)
     os.killpg(process.pid, signal.SIGTERM)
     _wait(process, STOP_TIMEOUT, log)
     _assert_all_stopped(process, data_dir, [port], log)
