@@ -25,12 +25,15 @@ _chunk = st.fixed_dictionaries(
 )
 
 
+def _two_data_lines(chunk: dict[str, Any]) -> list[str]:
+    """A chunk's JSON split over two `data:` lines, which SSE joins with a newline."""
+    text = json.dumps(chunk)
+    half = len(text) // 2
+    return [f"data: {text[:half]}", f"data:{text[half:]}"]
+
+
 _data = _chunk.map(lambda chunk: [f"data: {json.dumps(chunk)}"])
-_split_data = _chunk.map(
-    lambda chunk: (
-        lambda text: [f"data: {text[: len(text) // 2]}", f"data:{text[len(text) // 2 :]}"]
-    )(json.dumps(chunk))
-)
+_split_data = _chunk.map(_two_data_lines)
 # One event's lines: `data:` with a JSON chunk (on one line, or split over two), a comment, an
 # `event:` line, `[DONE]`, or data that is not JSON.
 _event = st.one_of(
