@@ -24,8 +24,17 @@ async def add_request_id(message: Message, scope: Scope) -> None:
         MutableScopeHeaders.from_message(message)["x-request-id"] = request_id(scope)
 
 
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a request header, by its lower-case name, straight from the scope
+    (a Litestar `Headers` is built anew on each access to `request.headers`)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 def _client_request_id(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
+    for name, value in scope["headers"]:  # the first usable one of them all
         if name == b"x-request-id":
             text = value.decode("latin-1").strip()
             # Echoed into headers and logs: keep it short and printable.

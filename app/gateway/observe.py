@@ -139,22 +139,15 @@ class Observer:
         }
         # The record made here, not by `logger.info`: it would walk the stack for the caller's
         # file, which is always this one.
+        args: tuple[object, ...] = ()
+        extra: dict[str, Any] | None = None
         if self.json_logs:
-            record = logger.makeRecord(
-                logger.name,
-                logging.INFO,
-                __file__,
-                0,
-                "request",
-                (),
-                None,
-                "_log",
-                {"fields": fields},
-            )
+            message, extra = "request", {"fields": fields}
         else:  # joined by the log's thread, off the event loop
-            record = logger.makeRecord(
-                logger.name, logging.INFO, __file__, 0, "%s", (_Line(fields),), None, "_log"
-            )
+            message, args = "%s", (_Line(fields),)
+        record = logger.makeRecord(
+            logger.name, logging.INFO, __file__, 0, message, args, None, "_log", extra
+        )
         logger.handle(record)
 
     def _end_span(self, trail: RequestTrail) -> None:

@@ -65,7 +65,7 @@ from app.limits.service import RateLimiter
 from app.metering.schemas import RequestOutcome, Settlement, UsageEventRecord
 from app.metering.service import usage_event
 from app.metering.writer import UsageWriter
-from app.middleware import request_id
+from app.middleware import header, request_id
 from app.money import money_str
 from app.pricing import Catalog, Charge, ResolvedModel, price, receipt
 
@@ -197,7 +197,7 @@ class Gateway:
         self, request: Request[Any, Any, Any], endpoint: str, trail: RequestTrail
     ) -> ASGIApp:
         started = trail.started
-        principal = await self.authenticator.authenticate(_header(request.scope, b"authorization"))
+        principal = await self.authenticator.authenticate(header(request.scope, b"authorization"))
         trail.account_id, trail.key_prefix = principal.account_id, principal.prefix
         if endpoint == rq.TRANSCRIPTIONS:
             raw = await _read_form_body(request)
@@ -582,20 +582,12 @@ class Gateway:
         )
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    """The first value of a request header, by its lower-case name."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
 async def _read_body(request: Request[Any, Any, Any]) -> bytes:
     """The whole body, as Litestar's `Request.body` reads it (the route's size limit on the
     announced length, then on what arrives) without its header parsing and generator; a JSON
     body is read once, here, and never again through Litestar."""
     limit = request.route_handler.resolve_request_max_body_size() or math.inf
-    announced = _header(request.scope, b"content-length")
+    announced = header(request.scope, b"content-length")
     if announced is not None and announced.isdigit() and int(announced) > limit:
         raise RequestEntityTooLarge
     chunks: list[bytes] = []
